@@ -1,0 +1,1 @@
+"""Sift operator: turns SelectionRuns into hardened worker Jobs."""

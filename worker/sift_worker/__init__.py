@@ -1,0 +1,1 @@
+"""Sift worker: runs a SelectionRun locally or inside the Job."""

@@ -1,0 +1,121 @@
+"""Cross-field rules declared once and enforced twice.
+
+Each rule carries a CEL expression (rendered into the CRD's
+``x-kubernetes-validations`` so the API server refuses bad specs) and a Python
+predicate (run by pydantic so ``sift-worker run`` refuses the same specs locally).
+Tests evaluate the CEL with a real CEL interpreter against the Python predicate
+so the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One cross-field constraint of a model."""
+
+    cel: str
+    message: str
+    check: Callable[[Any], bool]
+    field_path: str | None = None
+
+    def as_validation(self) -> dict[str, str]:
+        validation = {"rule": self.cel, "message": self.message}
+        if self.field_path:
+            validation["fieldPath"] = self.field_path
+        return validation
+
+
+def _alias(model: type[BaseModel], field: str) -> str:
+    info = model.model_fields[field]
+    return info.alias or field
+
+
+def _is_set(obj: Any, field: str) -> bool:
+    return getattr(obj, field) is not None
+
+
+def exactly_one(model: type[BaseModel], *fields: str) -> Rule:
+    names = [_alias(model, f) for f in fields]
+    cel = " + ".join(f"(has(self.{n}) ? 1 : 0)" for n in names) + " == 1"
+    return Rule(
+        cel=cel,
+        message=f"exactly one of {', '.join(names)} must be set",
+        check=lambda obj: sum(_is_set(obj, f) for f in fields) == 1,
+    )
+
+
+def at_most_one(model: type[BaseModel], *fields: str) -> Rule:
+    names = [_alias(model, f) for f in fields]
+    cel = " + ".join(f"(has(self.{n}) ? 1 : 0)" for n in names) + " <= 1"
+    return Rule(
+        cel=cel,
+        message=f"at most one of {', '.join(names)} may be set",
+        check=lambda obj: sum(_is_set(obj, f) for f in fields) <= 1,
+    )
+
+
+def only_with(model: type[BaseModel], field: str, required: str) -> Rule:
+    """``field`` may only be set when ``required`` is set."""
+    name, req = _alias(model, field), _alias(model, required)
+    return Rule(
+        cel=f"!has(self.{name}) || has(self.{req})",
+        message=f"{name} may only be set together with {req}",
+        check=lambda obj: not _is_set(obj, field) or _is_set(obj, required),
+        field_path=f".{name}",
+    )
+
+
+def not_together(model: type[BaseModel], field: str, other: str) -> Rule:
+    name, oth = _alias(model, field), _alias(model, other)
+    return Rule(
+        cel=f"!has(self.{name}) || !has(self.{oth})",
+        message=f"{name} cannot be combined with {oth}",
+        check=lambda obj: not (_is_set(obj, field) and _is_set(obj, other)),
+        field_path=f".{name}",
+    )
+
+
+def when_type_requires(
+    model: type[BaseModel], type_field: str, type_values: tuple[str, ...], *fields: str
+) -> Rule:
+    """When ``type_field`` is one of ``type_values``, at least one of ``fields`` is set."""
+    tname = _alias(model, type_field)
+    names = [_alias(model, f) for f in fields]
+    values = ", ".join(f"'{v}'" for v in type_values)
+    has_any = " || ".join(f"has(self.{n})" for n in names)
+    needs = names[0] if len(names) == 1 else f"one of {', '.join(names)}"
+    kinds = " or ".join(type_values)
+    return Rule(
+        cel=f"!(self.{tname} in [{values}]) || {has_any}",
+        message=f"{tname} {kinds} needs {needs}",
+        check=lambda obj: (
+            getattr(obj, type_field) not in type_values or any(_is_set(obj, f) for f in fields)
+        ),
+    )
+
+
+def when_type_forbids(
+    model: type[BaseModel], type_field: str, allowed: tuple[str, ...], field: str
+) -> Rule:
+    """``field`` is only meaningful for the listed types."""
+    tname, name = _alias(model, type_field), _alias(model, field)
+    values = ", ".join(f"'{v}'" for v in allowed)
+    kinds = ", ".join(allowed)
+    return Rule(
+        cel=f"!has(self.{name}) || self.{tname} in [{values}]",
+        message=f"{name} applies only to {tname} {kinds}",
+        check=lambda obj: not _is_set(obj, field) or getattr(obj, type_field) in allowed,
+        field_path=f".{name}",
+    )
+
+
+def rules_of(model: type[BaseModel]) -> tuple[Rule, ...]:
+    rules: tuple[Rule, ...] = getattr(model, "__sift_rules__", ())
+    return rules

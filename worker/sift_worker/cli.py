@@ -1,0 +1,119 @@
+"""``sift-worker``: run a SelectionRun manifest on this machine (or inside the Job)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sift_worker.config import ConfigError, load_manifest, parse_manifest
+from sift_worker.logs import setup_logging
+
+log = logging.getLogger("sift")
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_CONFIG = 3  # the spec can never run: retrying the pod cannot help (podFailurePolicy)
+
+DEMO_DATA = Path("demo-data")
+DEMO_OUT = Path("demo-out")
+
+
+def _cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--log-format", choices=("text", "json"), default="text")
+    p.add_argument("--threads", type=int, default=_cpus(), help="torch threads (default: CPUs)")
+    p.add_argument("--decode-workers", type=int, default=_cpus(), help="image decode threads")
+    p.add_argument("--no-progress-bars", action="store_true", help="log lines instead of bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sift-worker", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run a SelectionRun manifest")
+    run.add_argument("file", type=Path)
+    _add_run_options(run)
+    val = sub.add_parser("validate", help="validate a manifest and exit")
+    val.add_argument("file", type=Path)
+    demo = sub.add_parser("demo", help="generate demo images (first time) and run the demo manifest")
+    demo.add_argument("--data", type=Path, default=DEMO_DATA, help="demo images folder")
+    demo.add_argument("--out", type=Path, default=DEMO_OUT, help="output folder")
+    _add_run_options(demo)
+    return parser
+
+
+def demo_manifest(data: Path, out: Path) -> dict[str, Any]:
+    """The packaged demo manifest (same as examples/demo.yaml), pointed at ``data``/``out``."""
+    text = resources.files("sift_worker").joinpath("demo.yaml").read_text(encoding="utf-8")
+    doc: dict[str, Any] = yaml.safe_load(text)
+    doc["spec"]["datasource"]["input"]["volume"]["path"] = str(data)
+    doc["spec"]["datasource"]["output"]["volume"]["path"] = str(out)
+    return doc
+
+
+def _execute(args: argparse.Namespace) -> int:
+    from sift_worker.progress import Progress  # heavy imports only once a run starts
+    from sift_worker.run import RunSettings, run_selection
+
+    if args.command == "demo":
+        from sift_worker.demo_data import generate_demo_dataset
+
+        if not args.data.exists():
+            log.info("generating demo images in %s (first run only)", args.data)
+            generate_demo_dataset(args.data)
+        source = "demo manifest (examples/demo.yaml)"
+        run = parse_manifest(demo_manifest(args.data, args.out), source)
+    else:
+        source = str(args.file)
+        run = load_manifest(args.file)
+    bars = False if (args.no_progress_bars or args.log_format == "json") else None
+    summary = run_selection(
+        run,
+        RunSettings(threads=args.threads, decode_workers=args.decode_workers, source=source),
+        Progress(bars=bars),
+    )
+    log.info(
+        "done: selected %d of %d samples (%d corrupt skipped); open %s",
+        summary.selected, summary.embedded, summary.corrupt, summary.output / "report.html",
+        extra={"selected": summary.selected, "total": summary.embedded, "corrupt": summary.corrupt},
+    )
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(getattr(args, "log_format", "text"))
+    try:
+        if args.command == "validate":
+            run = load_manifest(args.file)
+            from sift_worker.capabilities import unsupported_features
+
+            problems = unsupported_features(run)
+            if problems:
+                raise ConfigError(str(args.file), problems)
+            print(f"{args.file}: valid SelectionRun {run.metadata.name!r}")
+            return EXIT_OK
+        return _execute(args)
+    except ConfigError as exc:
+        log.error("%s", exc.render(), extra={"problems": exc.problems})
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        log.error("interrupted")
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

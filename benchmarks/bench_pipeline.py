@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from sift_worker.demo_data import generate_demo_dataset
 from sift_worker.embed import embed_folder
 from sift_worker.imaging import decode_for_model
@@ -33,7 +32,9 @@ class _Null:
 def dataset(root: Path, images: int) -> list[str]:
     if not root.exists():
         per = max(1, images // 8)
-        generate_demo_dataset(root, clusters=8, per_cluster=per, duplicates=0, corrupt=0, size=(1024, 768))
+        generate_demo_dataset(
+            root, clusters=8, per_cluster=per, duplicates=0, corrupt=0, size=(1024, 768)
+        )
     return list(iter_volume_files(root))[:images]
 
 
@@ -44,7 +45,9 @@ def model_only(model: torch.nn.Module, tensors: torch.Tensor, batch: int) -> flo
     return len(tensors) / (time.perf_counter() - start)
 
 
-def pipeline(root: Path, names: list[str], model: torch.nn.Module, batch: int, workers: int) -> float:
+def pipeline(
+    root: Path, names: list[str], model: torch.nn.Module, batch: int, workers: int
+) -> float:
     start = time.perf_counter()
     out = embed_folder(root, names, model, batch_size=batch, decode_workers=workers, stage=_Null())  # type: ignore[arg-type]
     assert len(out.filenames) == len(names), out.corrupt
@@ -63,15 +66,19 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     names = dataset(args.data, args.images)
-    print(f"{len(names)} JPEG/PNG/... images of 1024x768 in {args.data}; torch threads {args.threads}, "
-          f"decode workers {args.decode_workers}, batch {args.batch}, median of {args.repeats}")
+    print(
+        f"{len(names)} images of 1024x768 in {args.data}; torch threads {args.threads}, "
+        f"decode workers {args.decode_workers}, batch {args.batch}, median of {args.repeats}"
+    )
     print(f"{'model':10} {'px':>4} {'model-only img/s':>17} {'pipeline img/s':>15} {'ratio':>6}")
     for name in args.models.split(","):
         model = build_model(name)
         size = model.input_size
         count = len(names) if name == "tiny" else min(len(names), 192)
         subset = names[:count]
-        tensors = torch.from_numpy(np.stack([decode_for_model(args.data / n, size) for n in subset]))
+        tensors = torch.from_numpy(
+            np.stack([decode_for_model(args.data / n, size) for n in subset])
+        )
         model_only(model, tensors[: args.batch], args.batch)  # warm-up
         ref, pipe = [], []
         for _ in range(args.repeats):  # interleave so machine noise hits both alike

@@ -32,7 +32,8 @@ def test_checked_in_crd_matches_models() -> None:
 
 def test_checked_in_reference_matches_models() -> None:
     assert (ROOT / "docs" / "reference" / "selectionrun.md").read_text() == render_reference(), (
-        "docs/reference/selectionrun.md drifted: run `sift-operator reference > docs/reference/selectionrun.md`"
+        "docs/reference/selectionrun.md drifted: "
+        "run `sift-operator reference > docs/reference/selectionrun.md`"
     )
 
 
@@ -114,20 +115,68 @@ _DELETE = object()
 BAD_SPECS = [
     ("spec.selection.proportion", 0.1, "spec.selection: exactly one of nSamples, proportion"),
     ("spec.selection.nSamples", _DELETE, "spec.selection: exactly one of nSamples, proportion"),
-    ("spec.selection.nSamples", 0, "spec.selection.nSamples: Input should be greater than or equal to 1"),
-    ("spec.selection.strategies", [], "spec.selection.strategies: List should have at least 1 item"),
-    ("spec.selection.strategies.0.strategy.type", "magic", "spec.selection.strategies[0].strategy.type"),
-    ("spec.selection.strategies.0.input.type", "metadata", "spec.selection.strategies[0].input: type metadata needs key"),
-    ("spec.selection.strategies.3.strategy.max", _DELETE, "spec.selection.strategies[3].strategy: type threshold needs one of min, max, in"),
-    ("spec.selection.strategies.0.strategy.seed", 3, "spec.selection.strategies[0].strategy: seed applies only to type random"),
-    ("spec.selection.strategies.0.strategy.minDistance", 3.5, "spec.selection.strategies[0].strategy.minDistance"),
-    ("spec.selection.strategies.2.strategy.distribution", "uniform", "at most one of target, distribution"),
-    ("spec.datasource.input.gcs", {"bucket": "abc"}, "spec.datasource.input: exactly one of s3, gcs, azure, volume"),
+    (
+        "spec.selection.nSamples",
+        0,
+        "spec.selection.nSamples: Input should be greater than or equal to 1",
+    ),
+    (
+        "spec.selection.strategies",
+        [],
+        "spec.selection.strategies: List should have at least 1 item",
+    ),
+    (
+        "spec.selection.strategies.0.strategy.type",
+        "magic",
+        "spec.selection.strategies[0].strategy.type",
+    ),
+    (
+        "spec.selection.strategies.0.input.type",
+        "metadata",
+        "spec.selection.strategies[0].input: type metadata needs key",
+    ),
+    (
+        "spec.selection.strategies.3.strategy.max",
+        _DELETE,
+        "spec.selection.strategies[3].strategy: type threshold needs one of min, max, in",
+    ),
+    (
+        "spec.selection.strategies.0.strategy.seed",
+        3,
+        "spec.selection.strategies[0].strategy: seed applies only to type random",
+    ),
+    (
+        "spec.selection.strategies.0.strategy.minDistance",
+        3.5,
+        "spec.selection.strategies[0].strategy.minDistance",
+    ),
+    (
+        "spec.selection.strategies.2.strategy.distribution",
+        "uniform",
+        "at most one of target, distribution",
+    ),
+    (
+        "spec.datasource.input.gcs",
+        {"bucket": "abc"},
+        "spec.datasource.input: exactly one of s3, gcs, azure, volume",
+    ),
     ("spec.datasource.input.s3.bucket", "UPPER_case", "spec.datasource.input.s3.bucket"),
-    ("spec.datasource.output.volume", {"path": "/out"}, "spec.datasource.output: exactly one of s3, gcs, azure, volume"),
-    ("spec.input.embeddings.file", {"path": "e.npy"}, "spec.input.embeddings: exactly one of model, file, train"),
+    (
+        "spec.datasource.output.volume",
+        {"path": "/out"},
+        "spec.datasource.output: exactly one of s3, gcs, azure, volume",
+    ),
+    (
+        "spec.input.embeddings.file",
+        {"path": "e.npy"},
+        "spec.input.embeddings: exactly one of model, file, train",
+    ),
     ("spec.input.embeddings.model", "alexnet", "spec.input.embeddings.model"),
-    ("spec.input.embeddings.model", _DELETE, "spec.input.embeddings: exactly one of model, file, train"),
+    (
+        "spec.input.embeddings.model",
+        _DELETE,
+        "spec.input.embeddings: exactly one of model, file, train",
+    ),
     ("spec.input.type", "audio", "spec.input.type"),
     ("spec.input.embeddings.batchSize", 0, "spec.input.embeddings.batchSize"),
     ("spec.report.api.url", "http://evil.example.com", "spec.report.api.url"),
@@ -137,18 +186,26 @@ BAD_SPECS = [
     ("spec.worker.queueName", "Not_A_Label", "spec.worker.queueName"),
     ("spec.egress.mode", "iptables", "spec.egress.mode"),
     ("spec.egress.storageCIDRs", ["10.0.0.0/99"], "spec.egress.storageCIDRs[0]"),
-    ("spec.selection.unknownField", 1, "spec.selection.unknownField: Extra inputs are not permitted"),
+    (
+        "spec.selection.unknownField",
+        1,
+        "spec.selection.unknownField: Extra inputs are not permitted",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("path", "value", "expected"), BAD_SPECS, ids=[b[0] + "=" + repr(b[1])[:20] for b in BAD_SPECS])
+@pytest.mark.parametrize(
+    ("path", "value", "expected"), BAD_SPECS, ids=[b[0] + "=" + repr(b[1])[:20] for b in BAD_SPECS]
+)
 def test_bad_spec_refused_locally_and_by_api_server(path: str, value: Any, expected: str) -> None:
     doc = full_example()
     _set(doc, path, value if value is _DELETE else copy.deepcopy(value))
     with pytest.raises(ConfigError) as err:
         parse_manifest(doc, "test.yaml")
     assert any(expected in p for p in err.value.problems), err.value.problems
-    if path != "spec.egress.storageCIDRs":  # /99 passes the regex; the API server's own CIDR check is Python-only here
+    if (
+        path != "spec.egress.storageCIDRs"
+    ):  # /99 passes the regex; the API server's own CIDR check is Python-only here
         assert api_server_errors(openapi_schema(), doc), f"API server would accept {path}={value!r}"
 
 
@@ -160,7 +217,10 @@ def test_cli_refuses_invalid_file_before_any_work(tmp_path: Path) -> None:
     manifest.write_text(yaml.safe_dump(doc))
     proc = subprocess.run(
         [sys.executable, "-m", "sift_worker.cli", "run", str(manifest)],
-        capture_output=True, text=True, timeout=120, check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert proc.returncode == 3
     assert "spec.selection: exactly one of nSamples, proportion must be set" in proc.stderr

@@ -1,4 +1,4 @@
-"""End to end: `sift-worker` on a generated folder with known clusters, duplicates and corrupt files."""
+"""End to end: `sift-worker` on a generated folder with clusters, duplicates and corrupt files."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 import yaml
 from PIL import Image
-
 from sift_worker.cli import EXIT_CONFIG, main
 from sift_worker.demo_data import DemoDataset, generate_demo_dataset
 
@@ -23,7 +22,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> DemoDataset:
-    return generate_demo_dataset(tmp_path_factory.mktemp("data"), clusters=6, per_cluster=15, duplicates=5)
+    return generate_demo_dataset(
+        tmp_path_factory.mktemp("data"), clusters=6, per_cluster=15, duplicates=5
+    )
 
 
 def manifest(tmp_path: Path, data: Path, out: Path, **selection: Any) -> Path:
@@ -64,11 +65,15 @@ class _Refs(HTMLParser):
 def first_run(dataset: DemoDataset, tmp_path_factory: pytest.TempPathFactory) -> Path:
     tmp = tmp_path_factory.mktemp("run")
     out = tmp / "out"
-    assert main(["run", str(manifest(tmp, dataset.root, out, nSamples=24)), "--no-progress-bars"]) == 0
+    assert (
+        main(["run", str(manifest(tmp, dataset.root, out, nSamples=24)), "--no-progress-bars"]) == 0
+    )
     return out
 
 
-def test_selection_covers_every_cluster_and_skips_duplicates(dataset: DemoDataset, first_run: Path) -> None:
+def test_selection_covers_every_cluster_and_skips_duplicates(
+    dataset: DemoDataset, first_run: Path
+) -> None:
     rows = read_selection(first_run)
     picks = selected(rows)
     assert len(picks) == 24
@@ -76,7 +81,9 @@ def test_selection_covers_every_cluster_and_skips_duplicates(dataset: DemoDatase
     cluster_of.update({copy: cluster_of[orig] for copy, orig in dataset.duplicates.items()})
     assert {cluster_of[p] for p in picks} == set(dataset.clusters)
     for copy, original in dataset.duplicates.items():
-        assert not (copy in picks and original in picks), f"{copy} duplicates {original}; both picked"
+        assert not (copy in picks and original in picks), (
+            f"{copy} duplicates {original}; both picked"
+        )
 
 
 def test_corrupt_files_listed_with_reasons(dataset: DemoDataset, first_run: Path) -> None:
@@ -94,13 +101,21 @@ def test_corrupt_files_listed_with_reasons(dataset: DemoDataset, first_run: Path
 def test_every_output_present_and_well_formed(dataset: DemoDataset, first_run: Path) -> None:
     rows = read_selection(first_run)
     good = [n for names in dataset.clusters.values() for n in names] + list(dataset.duplicates)
-    assert list(rows[0]) == ["filename", "selected", "rank", "distance_when_picked", "distance_to_selection", "status"]
+    assert list(rows[0]) == [
+        "filename",
+        "selected",
+        "rank",
+        "distance_when_picked",
+        "distance_to_selection",
+        "status",
+    ]
     assert sorted(r["filename"] for r in rows) == sorted(good + list(dataset.corrupt))
     assert sorted(int(r["rank"]) for r in rows if r["rank"]) == list(range(1, 25))
 
     vectors = np.load(first_run / "embeddings.npy")
     names = (first_run / "embeddings.txt").read_text().splitlines()
-    assert vectors.dtype == np.float32 and vectors.shape == (len(good), 128)
+    assert vectors.dtype == np.float32
+    assert vectors.shape == (len(good), 128)
     assert sorted(names) == sorted(good)
     assert np.isfinite(vectors).all()
 
@@ -108,10 +123,16 @@ def test_every_output_present_and_well_formed(dataset: DemoDataset, first_run: P
     assert len(thumbs) == 24
     assert thumbs[0].name.startswith("00001_")
     with Image.open(thumbs[0]) as im:
-        assert im.format == "JPEG" and max(im.size) <= 192
+        assert im.format == "JPEG"
+        assert max(im.size) <= 192
 
     info = json.loads((first_run / "run.json").read_text())
-    assert info["counts"] == {"listed": len(rows), "decoded": len(good), "corrupt": len(dataset.corrupt), "selected": 24}
+    assert info["counts"] == {
+        "listed": len(rows),
+        "decoded": len(good),
+        "corrupt": len(dataset.corrupt),
+        "selected": 24,
+    }
     assert set(info["timings"]) >= {"list", "embed", "select", "write", "report"}
     assert info["versions"]["torch"].startswith("2.")
     assert info["spec"]["selection"]["nSamples"] == 24
@@ -120,11 +141,15 @@ def test_every_output_present_and_well_formed(dataset: DemoDataset, first_run: P
     parser = _Refs()
     parser.feed(html)
     assert parser.imgs == 24
-    assert all(ref.startswith(("data:", "#")) for ref in parser.refs), "report must be self-contained"
+    assert all(ref.startswith(("data:", "#")) for ref in parser.refs), (
+        "report must be self-contained"
+    )
     assert "broken/truncated.jpg" in html
 
 
-def test_embeddings_file_input_reproduces_the_selection(dataset: DemoDataset, first_run: Path, tmp_path: Path) -> None:
+def test_embeddings_file_input_reproduces_the_selection(
+    dataset: DemoDataset, first_run: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "again"
     path = manifest(tmp_path, dataset.root, out, nSamples=24)
     doc = yaml.safe_load(path.read_text())
@@ -153,8 +178,13 @@ def test_relevant_filenames_and_proportion(dataset: DemoDataset, tmp_path: Path)
 
 def test_min_distance_stops_early(dataset: DemoDataset, tmp_path: Path) -> None:
     path = manifest(
-        tmp_path, dataset.root, tmp_path / "out", nSamples=80,
-        strategies=[{"input": {"type": "embeddings"}, "strategy": {"type": "diversity", "minDistance": 0.5}}],
+        tmp_path,
+        dataset.root,
+        tmp_path / "out",
+        nSamples=80,
+        strategies=[
+            {"input": {"type": "embeddings"}, "strategy": {"type": "diversity", "minDistance": 0.5}}
+        ],
     )
     assert main(["run", str(path), "--no-progress-bars"]) == 0
     info = json.loads((tmp_path / "out" / "run.json").read_text())
@@ -165,7 +195,11 @@ def test_min_distance_stops_early(dataset: DemoDataset, tmp_path: Path) -> None:
 def test_json_logs_and_demo_command(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "sift_worker.cli", "demo", "--log-format", "json"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=240, check=False,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     records = [json.loads(line) for line in proc.stderr.splitlines()]
@@ -175,12 +209,17 @@ def test_json_logs_and_demo_command(tmp_path: Path) -> None:
     assert (tmp_path / "demo-out" / "report.html").stat().st_size > 10_000
 
 
-def test_unsupported_blocks_refused_by_name(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_unsupported_blocks_refused_by_name(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["run", str(ROOT / "examples" / "full.yaml")]) == EXIT_CONFIG
     err = capsys.readouterr().err
     for path in (
-        "spec.datasource.input.s3", "spec.input.metadata", "spec.selection.strategies[1].strategy.type",
-        "spec.selection.datapool", "spec.report",
+        "spec.datasource.input.s3",
+        "spec.input.metadata",
+        "spec.selection.strategies[1].strategy.type",
+        "spec.selection.datapool",
+        "spec.report",
     ):
         assert path in err
     assert "not supported yet" in err

@@ -5,7 +5,9 @@ import pytest
 from sift_worker.selection import k_center_greedy, samples_to_select
 
 
-def clusters(n_clusters: int = 5, per: int = 50, dim: int = 16, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def clusters(
+    n_clusters: int = 5, per: int = 50, dim: int = 16, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     centres = rng.normal(size=(n_clusters, dim)) * 10
     labels = np.repeat(np.arange(n_clusters), per)
@@ -72,7 +74,9 @@ def test_exact_duplicates_never_picked_twice() -> None:
         (0, None, 0.5, 0),
     ],
 )
-def test_samples_to_select(available: int, n_samples: int | None, proportion: float | None, expected: int) -> None:
+def test_samples_to_select(
+    available: int, n_samples: int | None, proportion: float | None, expected: int
+) -> None:
     assert samples_to_select(available, n_samples=n_samples, proportion=proportion) == expected
 
 

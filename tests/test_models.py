@@ -232,6 +232,19 @@ def test_resnet50_weights_into_resnet18_says_so(tmp_path: pathlib.Path) -> None:
     )
 
 
+def test_unsupported_architecture_is_named(tmp_path: pathlib.Path) -> None:
+    # resnet34 = BasicBlock with (3, 4, 6, 3) blocks; build it by extending resnet18's layout.
+    state = dict(build_model("resnet18").state_dict())
+    for layer, blocks in ((1, 3), (2, 4), (3, 6), (4, 3)):
+        for block in range(2, blocks):
+            for key, value in list(state.items()):
+                if key.startswith(f"layer{layer}.1."):
+                    state[key.replace(f"layer{layer}.1.", f"layer{layer}.{block}.")] = value.clone()
+    path = _save(state, tmp_path / "r34.safetensors")
+    with pytest.raises(WeightsError, match="resnet34 is not a built-in architecture"):
+        build_model("resnet18", weights=path)
+
+
 def test_missing_key_is_named(tmp_path: pathlib.Path) -> None:
     state = dict(build_model("resnet18").state_dict())
     del state["layer3.1.bn2.weight"]

@@ -21,7 +21,10 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "reference":
         sys.stdout.write(render_reference())
     else:
-        print("sift-operator run: not supported yet (the controller is a later release)", file=sys.stderr)
+        print(
+            "sift-operator run: not supported yet (the controller is a later release)",
+            file=sys.stderr,
+        )
         return 2
     return 0
 

@@ -11,7 +11,6 @@ import copy
 from typing import Any
 
 import yaml
-
 from sift_worker.api.v1alpha1 import GROUP, KIND, VERSION, SelectionRun
 
 PLURAL = "selectionruns"
@@ -75,7 +74,11 @@ def to_structural(node: Schema, defs: dict[str, Schema]) -> Schema:
             out[key] = copy.deepcopy(value)
     if "enum" in out and "type" not in out:
         out["type"] = "string"
-    if out.get("type") == "object" and "properties" not in out and "additionalProperties" not in out:
+    if (
+        out.get("type") == "object"
+        and "properties" not in out
+        and "additionalProperties" not in out
+    ):
         out["x-kubernetes-preserve-unknown-fields"] = True
     return _ordered(out)
 

@@ -33,7 +33,9 @@ def unsupported_features(run: SelectionRun) -> list[str]:
         problems.append(f"spec.input.type: {spec.input.type!r} is not supported yet; use 'images'")
     emb = spec.input.embeddings
     if emb.train is not None:
-        problems.append("spec.input.embeddings.train: self-supervised training is not supported yet")
+        problems.append(
+            "spec.input.embeddings.train: self-supervised training is not supported yet"
+        )
     for name, obj in (("weights", emb.weights), ("file", emb.file)):
         if obj is not None and obj.path is None:
             problems.append(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import sys
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -48,7 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_options(run)
     val = sub.add_parser("validate", help="validate a manifest and exit")
     val.add_argument("file", type=Path)
-    demo = sub.add_parser("demo", help="generate demo images (first time) and run the demo manifest")
+    demo = sub.add_parser(
+        "demo", help="generate demo images (first time) and run the demo manifest"
+    )
     demo.add_argument("--data", type=Path, default=DEMO_DATA, help="demo images folder")
     demo.add_argument("--out", type=Path, default=DEMO_OUT, help="output folder")
     _add_run_options(demo)
@@ -87,7 +88,10 @@ def _execute(args: argparse.Namespace) -> int:
     )
     log.info(
         "done: selected %d of %d samples (%d corrupt skipped); open %s",
-        summary.selected, summary.embedded, summary.corrupt, summary.output / "report.html",
+        summary.selected,
+        summary.embedded,
+        summary.corrupt,
+        summary.output / "report.html",
         extra={"selected": summary.selected, "total": summary.embedded, "corrupt": summary.corrupt},
     )
     return EXIT_OK

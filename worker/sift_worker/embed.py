@@ -82,7 +82,9 @@ def embed_folder(
         nonlocal filled
         if filled:
             start = len(filenames) - filled
-            out[start : start + filled] = embed_batch(model, torch.from_numpy(batch[:filled])).numpy()
+            out[start : start + filled] = embed_batch(
+                model, torch.from_numpy(batch[:filled])
+            ).numpy()
             stage.advance(filled)
             filled = 0
 

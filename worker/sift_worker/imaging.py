@@ -298,7 +298,7 @@ def _reason_for(exc: Exception, max_pixels: int, path: pathlib.Path | None) -> s
         return "truncated image data"
     if isinstance(exc, OSError) and exc.errno is not None:
         return f"unreadable: {_os_error_text(exc)}"
-    return f"undecodable image data: {type(exc).__name__}: {text}"[:200]
+    return f"undecodable image data: {text or type(exc).__name__}"[:200]
 
 
 def _os_error_text(exc: OSError) -> str:

@@ -56,7 +56,11 @@ class TextFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record)
-        return f"{text}\n{record.exc_text}" if record.exc_text and record.exc_text not in text else text
+        return (
+            f"{text}\n{record.exc_text}"
+            if record.exc_text and record.exc_text not in text
+            else text
+        )
 
 
 def setup_logging(fmt: LogFormat = "text", level: int = logging.INFO) -> None:

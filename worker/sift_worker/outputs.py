@@ -97,8 +97,14 @@ def build_selection_table(
         rank = rank_of.get(i)
         picked = _fmt(float(pick_distances[rank - 1])) if rank else ""
         rows.append(
-            (name, "true" if rank else "false", str(rank or ""), picked,
-             _fmt(float(distance_to_selection[i])), "ok")
+            (
+                name,
+                "true" if rank else "false",
+                str(rank or ""),
+                picked,
+                _fmt(float(distance_to_selection[i])),
+                "ok",
+            )
         )
     return SelectionTable(rows)
 

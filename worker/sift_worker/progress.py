@@ -35,7 +35,9 @@ class _BarStage:
 
 
 class _LogStage:
-    def __init__(self, stage: str, total: int | None, interval: float, notify: Callable[[int], None]) -> None:
+    def __init__(
+        self, stage: str, total: int | None, interval: float, notify: Callable[[int], None]
+    ) -> None:
         self.stage, self.total, self.interval = stage, total, interval
         self.done = 0
         self.start = self._last = time.monotonic()
@@ -61,7 +63,12 @@ class _LogStage:
             total,
             pct,
             rate,
-            extra={"stage": self.stage, "done": self.done, "total": self.total, "rate": round(rate, 2)},
+            extra={
+                "stage": self.stage,
+                "done": self.done,
+                "total": self.total,
+                "rate": round(rate, 2),
+            },
         )
 
 
@@ -69,7 +76,11 @@ class Progress:
     """Factory of per-stage progress; ``listener`` also gets (stage, done, total) updates."""
 
     def __init__(
-        self, *, bars: bool | None = None, interval: float = 5.0, listener: ProgressListener | None = None
+        self,
+        *,
+        bars: bool | None = None,
+        interval: float = 5.0,
+        listener: ProgressListener | None = None,
     ) -> None:
         self.bars = sys.stderr.isatty() if bars is None else bars
         self.interval = interval
@@ -86,7 +97,9 @@ class Progress:
                 self.listener(name, done, total)
 
         if self.bars:
-            with tqdm(total=total, desc=name, unit=unit, dynamic_ncols=True, file=sys.stderr) as bar:
+            with tqdm(
+                total=total, desc=name, unit=unit, dynamic_ncols=True, file=sys.stderr
+            ) as bar:
                 yield _BarStage(bar, notify)
         else:
             stage = _LogStage(name, total, self.interval, notify)

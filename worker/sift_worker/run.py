@@ -91,7 +91,9 @@ def preflight(run: SelectionRun, source: str) -> tuple[Path, Path]:
         raise ConfigError(source, problems)
     input_dir, output_dir = _folder(run, "input"), _folder(run, "output")
     if not input_dir.is_dir():
-        raise ConfigError(source, [f"spec.datasource.input.volume.path: no such folder: {input_dir}"])
+        raise ConfigError(
+            source, [f"spec.datasource.input.volume.path: no such folder: {input_dir}"]
+        )
     if output_dir.resolve() == input_dir.resolve():
         raise ConfigError(
             source, ["spec.datasource.output.volume.path: must differ from the input folder"]
@@ -99,7 +101,9 @@ def preflight(run: SelectionRun, source: str) -> tuple[Path, Path]:
     emb = run.spec.input.embeddings
     for name, loc in (("weights", emb.weights), ("file", emb.file)):
         if loc is not None and loc.path is not None and not Path(loc.path).is_file():
-            raise ConfigError(source, [f"spec.input.embeddings.{name}.path: no such file: {loc.path}"])
+            raise ConfigError(
+                source, [f"spec.input.embeddings.{name}.path: no such file: {loc.path}"]
+            )
     return input_dir, output_dir
 
 
@@ -114,13 +118,21 @@ def _relevant(run: SelectionRun, input_dir: Path, source: str) -> set[str] | Non
 
 
 def _embed(
-    run: SelectionRun, input_dir: Path, relevant: set[str] | None, settings: RunSettings,
-    progress: Progress, timer: _Timer,
+    run: SelectionRun,
+    input_dir: Path,
+    relevant: set[str] | None,
+    settings: RunSettings,
+    progress: Progress,
+    timer: _Timer,
 ) -> tuple[list[str], Embedded, str]:
     emb = run.spec.input.embeddings
     if emb.file is not None:
         assert emb.file.path is not None
-        names_path = Path(emb.file.filenames.path) if emb.file.filenames and emb.file.filenames.path else None
+        names_path = (
+            Path(emb.file.filenames.path)
+            if emb.file.filenames and emb.file.filenames.path
+            else None
+        )
         with timer("embed"):
             try:
                 names, vectors = load_embeddings_file(Path(emb.file.path), names_path)
@@ -129,7 +141,9 @@ def _embed(
         if relevant is not None:
             keep = [i for i, n in enumerate(names) if n in relevant]
             names, vectors = [names[i] for i in keep], vectors[keep]
-        log.info("loaded %d embeddings (dim %d) from %s", len(names), vectors.shape[1], emb.file.path)
+        log.info(
+            "loaded %d embeddings (dim %d) from %s", len(names), vectors.shape[1], emb.file.path
+        )
         return names, Embedded(names, vectors), f"embeddings file {Path(emb.file.path).name}"
 
     assert emb.model is not None
@@ -149,8 +163,12 @@ def _embed(
         log.warning("%d relevant filenames are not in the input", len(relevant) - len(names))
     with timer("embed"), progress.stage("embedding", len(names)) as stage:
         embedded = embed_folder(
-            input_dir, names, model, batch_size=emb.batch_size,
-            decode_workers=settings.decode_workers, stage=stage,
+            input_dir,
+            names,
+            model,
+            batch_size=emb.batch_size,
+            decode_workers=settings.decode_workers,
+            stage=stage,
         )
     for name, reason in embedded.corrupt:
         log.warning("skipped corrupt sample %s: %s", name, reason)
@@ -191,16 +209,27 @@ def run_selection(run: SelectionRun, settings: RunSettings, progress: Progress) 
 
     sel = run.spec.selection
     strategy = sel.strategies[0].strategy
-    k = samples_to_select(len(embedded.filenames), n_samples=sel.n_samples, proportion=sel.proportion)
+    k = samples_to_select(
+        len(embedded.filenames), n_samples=sel.n_samples, proportion=sel.proportion
+    )
     with timer("select"):
         result = k_center_greedy(embedded.embeddings, k, min_distance=strategy.min_distance or 0.0)
-    log.info("selected %d of %d samples: %s", len(result.indices), len(embedded.filenames), result.stop_reason)
+    log.info(
+        "selected %d of %d samples: %s",
+        len(result.indices),
+        len(embedded.filenames),
+        result.stop_reason,
+    )
 
     with timer("write"):
         output_dir.mkdir(parents=True, exist_ok=True)
         table = build_selection_table(
-            listed, embedded.filenames, result.indices, result.pick_distances,
-            result.distance_to_selection, embedded.corrupt,
+            listed,
+            embedded.filenames,
+            result.indices,
+            result.pick_distances,
+            result.distance_to_selection,
+            embedded.corrupt,
         )
         atomic_write_text(output_dir / "selection.csv", table.to_csv())
         atomic_write_text(output_dir / "corrupt.csv", corrupt_csv(embedded.corrupt))
@@ -212,29 +241,50 @@ def run_selection(run: SelectionRun, settings: RunSettings, progress: Progress) 
                 chunk = _thumbnails(input_dir, picks[start : start + 256], settings.decode_workers)
                 thumbs += chunk
                 stage.advance(len(picks[start : start + 256]))
-        replace_dir(output_dir / "thumbnails", ((thumbnail_name(t.rank, t.filename), t.jpeg) for t in thumbs))
+        replace_dir(
+            output_dir / "thumbnails",
+            ((thumbnail_name(t.rank, t.filename), t.jpeg) for t in thumbs),
+        )
 
     summary = RunSummary(
-        output=output_dir, listed=len(listed), embedded=len(embedded.filenames),
-        corrupt=len(embedded.corrupt), selected=len(result.indices), stop_reason=result.stop_reason,
+        output=output_dir,
+        listed=len(listed),
+        embedded=len(embedded.filenames),
+        corrupt=len(embedded.corrupt),
+        selected=len(result.indices),
+        stop_reason=result.stop_reason,
     )
     counts = {
-        "listed": summary.listed, "decoded": summary.embedded,
-        "corrupt": summary.corrupt, "selected": summary.selected,
+        "listed": summary.listed,
+        "decoded": summary.embedded,
+        "corrupt": summary.corrupt,
+        "selected": summary.selected,
     }
     with timer("report"):
         rank = np.zeros(len(embedded.filenames), dtype=np.int64)
         rank[result.indices] = np.arange(1, len(result.indices) + 1)
-        strategy_text = f"diversity (k-center greedy), " + (
-            f"nSamples={sel.n_samples}" if sel.n_samples is not None else f"proportion={sel.proportion:g}"
-        ) + (f", minDistance={strategy.min_distance:g}" if strategy.min_distance else "")
+        strategy_text = (
+            "diversity (k-center greedy), "
+            + (
+                f"nSamples={sel.n_samples}"
+                if sel.n_samples is not None
+                else f"proportion={sel.proportion:g}"
+            )
+            + (f", minDistance={strategy.min_distance:g}" if strategy.min_distance else "")
+        )
         html = render_report(
             ReportData(
-                run_name=run.metadata.name, created=started.isoformat(timespec="seconds"),
-                model=model_desc, strategy_summary=strategy_text, counts=counts,
-                timings=dict(timer.timings), filenames=embedded.filenames,
-                points=project_2d(embedded.embeddings), selected_rank=rank,
-                thumbnails=thumbs[:REPORT_THUMBNAILS], corrupt=embedded.corrupt,
+                run_name=run.metadata.name,
+                created=started.isoformat(timespec="seconds"),
+                model=model_desc,
+                strategy_summary=strategy_text,
+                counts=counts,
+                timings=dict(timer.timings),
+                filenames=embedded.filenames,
+                points=project_2d(embedded.embeddings),
+                selected_rank=rank,
+                thumbnails=thumbs[:REPORT_THUMBNAILS],
+                corrupt=embedded.corrupt,
                 stop_reason=result.stop_reason,
                 min_distance_curve=[float(d) for d in result.pick_distances[1:]],
             )
@@ -252,10 +302,21 @@ def run_selection(run: SelectionRun, settings: RunSettings, progress: Progress) 
         "settings": {"torchThreads": settings.threads, "decodeWorkers": settings.decode_workers},
         "model": model_desc,
         "counts": counts,
-        "selection": {"requested": k, "selected": summary.selected, "stopReason": result.stop_reason},
+        "selection": {
+            "requested": k,
+            "selected": summary.selected,
+            "stopReason": result.stop_reason,
+        },
         "timings": summary.timings,
-        "artifacts": ["selection.csv", "corrupt.csv", "embeddings.npy", "embeddings.txt",
-                      "thumbnails/", "report.html", "run.json"],
+        "artifacts": [
+            "selection.csv",
+            "corrupt.csv",
+            "embeddings.npy",
+            "embeddings.txt",
+            "thumbnails/",
+            "report.html",
+            "run.json",
+        ],
     }
     atomic_write_text(output_dir / "run.json", to_json(run_info))
     return summary

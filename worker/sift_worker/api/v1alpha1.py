@@ -44,7 +44,9 @@ DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 
 ObjectName = Annotated[str, StringConstraints(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN)]
 LabelName = Annotated[str, StringConstraints(min_length=1, max_length=63, pattern=DNS_LABEL)]
-SecretKey = Annotated[str, StringConstraints(min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$")]
+SecretKey = Annotated[
+    str, StringConstraints(min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$")
+]
 BucketName = Annotated[
     str, StringConstraints(min_length=3, max_length=222, pattern=r"^[a-z0-9][a-z0-9._-]*[a-z0-9]$")
 ]
@@ -58,9 +60,7 @@ MetadataKey = Annotated[
 CategoryValue = Annotated[str, StringConstraints(min_length=1, max_length=253)]
 Quantity = Annotated[
     str,
-    StringConstraints(
-        max_length=64, pattern=r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
-    ),
+    StringConstraints(max_length=64, pattern=r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"),
 ]
 ImageRef = Annotated[str, StringConstraints(min_length=1, max_length=512, pattern=r"^[^\s]+$")]
 ApiURL = Annotated[
@@ -159,7 +159,8 @@ class AzureLocation(SiftModel):
 
     account: Annotated[str, StringConstraints(min_length=3, max_length=24, pattern=r"^[a-z0-9]+$")]
     container: Annotated[
-        str, StringConstraints(min_length=3, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+        str,
+        StringConstraints(min_length=3, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"),
     ]
     prefix: Prefix = ""
 
@@ -272,7 +273,8 @@ class EmbeddingsSpec(SiftModel):
 
     model: ModelName | None = Field(None, description="A built-in architecture (pure torch).")
     weights: ObjectLocation | None = Field(
-        None, description="safetensors weights for the model; deterministic random init when omitted."
+        None,
+        description="safetensors weights for the model; deterministic random init when omitted.",
     )
     file: EmbeddingsFileLocation | None = None
     train: TrainSpec | None = None
@@ -436,7 +438,9 @@ class SecretKeySelector(SiftModel):
 
 
 class ResultsApi(SiftModel):
-    url: ApiURL = Field("https://api.lightly.ai", description="The results API; the only external host.")
+    url: ApiURL = Field(
+        "https://api.lightly.ai", description="The results API; the only external host."
+    )
     token_secret: SecretKeySelector
 
 
@@ -477,17 +481,22 @@ class Toleration(SiftModel):
 class WorkerSpec(SiftModel):
     """The worker Job's pod."""
 
-    image: ImageRef | None = Field(None, description="Worker image; the operator's default when omitted.")
-    resources: Resources = _default_obj(Resources)
-    node_selector: dict[Annotated[str, StringConstraints(max_length=317)], Annotated[str, StringConstraints(max_length=63)]] = Field(
-        default_factory=dict, max_length=32
+    image: ImageRef | None = Field(
+        None, description="Worker image; the operator's default when omitted."
     )
+    resources: Resources = _default_obj(Resources)
+    node_selector: dict[
+        Annotated[str, StringConstraints(max_length=317)],
+        Annotated[str, StringConstraints(max_length=63)],
+    ] = Field(default_factory=dict, max_length=32)
     tolerations: list[Toleration] = Field(default_factory=list, max_length=32)
     affinity: dict[str, Any] | None = Field(
         None, description="A core/v1 Affinity, passed to the pod unchanged."
     )
     priority_class_name: ObjectName | None = None
-    queue_name: LabelName | None = Field(None, description="Hand admission to this Kueue LocalQueue.")
+    queue_name: LabelName | None = Field(
+        None, description="Hand admission to this Kueue LocalQueue."
+    )
     active_deadline_seconds: int = Field(86400, ge=60, le=30 * 86400)
     backoff_limit: int = Field(2, ge=0, le=20)
     ttl_seconds_after_finished: int = Field(7 * 86400, ge=0, le=365 * 86400)
@@ -524,7 +533,10 @@ class Condition(SiftModel):
     type: Annotated[str, StringConstraints(min_length=1, max_length=316)]
     status: Literal["True", "False", "Unknown"]
     reason: Annotated[
-        str, StringConstraints(min_length=1, max_length=1024, pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$")
+        str,
+        StringConstraints(
+            min_length=1, max_length=1024, pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"
+        ),
     ]
     message: Annotated[str, StringConstraints(max_length=32768)] = ""
     last_transition_time: Annotated[
@@ -573,8 +585,8 @@ class ObjectMeta(BaseModel):
 class SelectionRun(SiftModel):
     """A request to select the most valuable subset of a dataset."""
 
-    api_version: Literal["sift.dev/v1alpha1"] = Field(API_VERSION, alias="apiVersion")
-    kind: Literal["SelectionRun"] = KIND
+    api_version: Literal["sift.dev/v1alpha1"] = Field("sift.dev/v1alpha1", alias="apiVersion")
+    kind: Literal["SelectionRun"] = "SelectionRun"
     metadata: ObjectMeta
     spec: SelectionRunSpec
     status: SelectionRunStatus | None = None

@@ -70,9 +70,16 @@ def load_weights(model: EmbeddingModel, path: pathlib.Path) -> None:
     if problems:
         guess = guess_architecture(state)
         if guess is not None and guess != model.name:
+            from .registry import ARCHITECTURES  # registry imports this module
+
+            fix = (
+                f"choose the '{guess}' architecture"
+                if guess in ARCHITECTURES
+                else f"{guess} is not a built-in architecture"
+            )
             head = (
-                f"{where} looks like {guess} weights, not {model.name}: choose the "
-                f"'{guess}' architecture or supply a {model.name} checkpoint"
+                f"{where} looks like {guess} weights, not {model.name}: "
+                f"{fix} or supply a {model.name} checkpoint"
             )
         else:
             head = f"{where} does not match the {model.name} architecture"

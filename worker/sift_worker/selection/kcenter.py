@@ -18,7 +18,9 @@ import torch
 @dataclass(frozen=True)
 class KCenterResult:
     indices: np.ndarray  # (k,) int64, in pick order
-    pick_distances: np.ndarray  # (k,) float32, distance of each pick to earlier picks (inf for the first)
+    pick_distances: (
+        np.ndarray
+    )  # (k,) float32, distance of each pick to earlier picks (inf for the first)
     distance_to_selection: np.ndarray  # (N,) float32, each sample's distance to its nearest pick
     stop_reason: str
 
@@ -48,7 +50,9 @@ def k_center_greedy(embeddings: np.ndarray, k: int, *, min_distance: float = 0.0
     n = embeddings.shape[0]
     if n == 0 or k <= 0:
         empty = np.zeros(0, dtype=np.float32)
-        return KCenterResult(np.zeros(0, np.int64), empty, np.full(n, np.inf, np.float32), "no samples")
+        return KCenterResult(
+            np.zeros(0, np.int64), empty, np.full(n, np.inf, np.float32), "no samples"
+        )
     x = _normalised(embeddings)
     centre = torch.nn.functional.normalize(x.mean(dim=0, keepdim=True), dim=1)[0]
     first = int(torch.argmax(x @ centre)) if bool(centre.any()) else 0

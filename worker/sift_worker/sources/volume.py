@@ -32,10 +32,10 @@ def iter_volume_files(
     """Yield image files under ``root`` as sorted POSIX paths relative to ``root``.
 
     Extensions match case-insensitively. Hidden files and directories (name starts
-    with ``.``) are skipped. Symlinked files are listed, symlinked directories are not
-    followed (no loops, no escaping the volume). A sub-directory that cannot be read is
-    logged and skipped, so one bad folder does not abort a large run; an unreadable
-    ``root`` raises. ``relevant``, when given, keeps only those relative paths.
+    with ``.``) are skipped. Symlinked directories are not followed (no loops, no
+    walking out of the volume); symlinked files are listed like files. A sub-directory
+    that cannot be read is logged and skipped, so one bad folder does not abort a large
+    run; an unreadable ``root`` raises. ``relevant``, when given, keeps only those relative paths.
     """
     root = pathlib.Path(root)
     if not root.is_dir():  # checked now, not at the first next(), so the caller sees it

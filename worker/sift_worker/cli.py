@@ -98,6 +98,10 @@ def _execute(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Idle OpenMP threads must sleep, not spin: spinning torch threads starve the decode
+    # threads between batches (+30% throughput with the tiny model on 2 cores). Must be
+    # set before torch loads its OpenMP runtime; an explicit setting wins.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     args = build_parser().parse_args(argv)
     setup_logging(getattr(args, "log_format", "text"))
     try:

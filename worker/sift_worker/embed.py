@@ -56,10 +56,11 @@ def decode_in_order(
                 break
         while pending:
             name, fut = pending.popleft()
+            yield name, fut.result()
+            # refill only once the consumer is done with the item: at most `window` images live
             nxt = next(it, None)
             if nxt is not None:
                 pending.append((nxt, pool.submit(_decode_safely, decode, root / nxt)))
-            yield name, fut.result()
 
 
 def embed_folder(

@@ -242,3 +242,14 @@ def test_chart_crd_is_the_generated_one() -> None:
 def test_packaged_demo_manifest_is_the_example() -> None:
     packaged = ROOT / "worker" / "sift_worker" / "demo.yaml"
     assert packaged.read_text() == (ROOT / "examples" / "demo.yaml").read_text()
+
+
+def test_operator_and_models_import_without_torch() -> None:
+    """The operator image has no torch: its import graph must not reach for it."""
+    code = (
+        "import sys, sift_operator.cli, sift_operator.crd, sift_worker.api, sift_worker.config;"
+        "heavy = {'torch', 'numpy', 'PIL'} & set(sys.modules);"
+        "assert not heavy, heavy"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr

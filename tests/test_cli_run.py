@@ -225,6 +225,17 @@ def test_unsupported_blocks_refused_by_name(
     assert "not supported yet" in err
 
 
+def test_output_inside_input_refused(
+    dataset: DemoDataset, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = manifest(tmp_path, dataset.root, dataset.root / "sift-out")
+    assert main(["run", str(path)]) == EXIT_CONFIG
+    assert (
+        "output.volume.path: must not be the input folder or inside it" in capsys.readouterr().err
+    )
+    assert not (dataset.root / "sift-out").exists()
+
+
 def test_missing_input_folder_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = manifest(tmp_path, tmp_path / "nope", tmp_path / "out")
     assert main(["run", str(path)]) == EXIT_CONFIG

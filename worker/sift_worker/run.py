@@ -94,9 +94,13 @@ def preflight(run: SelectionRun, source: str) -> tuple[Path, Path]:
         raise ConfigError(
             source, [f"spec.datasource.input.volume.path: no such folder: {input_dir}"]
         )
-    if output_dir.resolve() == input_dir.resolve():
+    if output_dir.resolve().is_relative_to(input_dir.resolve()):
         raise ConfigError(
-            source, ["spec.datasource.output.volume.path: must differ from the input folder"]
+            source,
+            [
+                "spec.datasource.output.volume.path: must not be the input folder or inside it "
+                "(the next run would list its own thumbnails as input)"
+            ],
         )
     emb = run.spec.input.embeddings
     for name, loc in (("weights", emb.weights), ("file", emb.file)):

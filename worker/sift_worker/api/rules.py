@@ -41,24 +41,27 @@ def _is_set(obj: Any, field: str) -> bool:
     return getattr(obj, field) is not None
 
 
-def exactly_one(model: type[BaseModel], *fields: str) -> Rule:
+def _count_set(model: type[BaseModel], fields: tuple[str, ...], *, exact: bool) -> Rule:
     names = [_alias(model, f) for f in fields]
-    cel = " + ".join(f"(has(self.{n}) ? 1 : 0)" for n in names) + " == 1"
-    return Rule(
-        cel=cel,
-        message=f"exactly one of {', '.join(names)} must be set",
-        check=lambda obj: sum(_is_set(obj, f) for f in fields) == 1,
-    )
+    total = " + ".join(f"(has(self.{n}) ? 1 : 0)" for n in names)
+    listed = ", ".join(names)
+
+    def count(obj: Any) -> int:
+        return sum(_is_set(obj, f) for f in fields)
+
+    if exact:
+        message = f"exactly one of {listed} must be set"
+        return Rule(f"{total} == 1", message, lambda obj: count(obj) == 1)
+    message = f"at most one of {listed} may be set"
+    return Rule(f"{total} <= 1", message, lambda obj: count(obj) <= 1)
+
+
+def exactly_one(model: type[BaseModel], *fields: str) -> Rule:
+    return _count_set(model, fields, exact=True)
 
 
 def at_most_one(model: type[BaseModel], *fields: str) -> Rule:
-    names = [_alias(model, f) for f in fields]
-    cel = " + ".join(f"(has(self.{n}) ? 1 : 0)" for n in names) + " <= 1"
-    return Rule(
-        cel=cel,
-        message=f"at most one of {', '.join(names)} may be set",
-        check=lambda obj: sum(_is_set(obj, f) for f in fields) <= 1,
-    )
+    return _count_set(model, fields, exact=False)
 
 
 def only_with(model: type[BaseModel], field: str, required: str) -> Rule:

@@ -47,6 +47,15 @@ class EmbeddingModel(nn.Module):
         return self
 
 
+def init_cnn(model: nn.Module, generator: torch.Generator) -> None:
+    """He (fan-out) init for convolutions, identity for BatchNorm: torchvision's ResNet recipe."""
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            init_conv_fan_out(module, generator)
+        elif isinstance(module, nn.BatchNorm2d):
+            init_batchnorm(module)
+
+
 def init_batchnorm(bn: nn.modules.batchnorm._BatchNorm) -> None:
     """Identity BatchNorm: with eval-mode statistics mean 0 / var 1 it passes values through."""
     with torch.no_grad():

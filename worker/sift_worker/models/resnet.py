@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import EmbeddingModel, init_batchnorm, init_conv_fan_out
+from .base import EmbeddingModel, init_cnn
 
 
 def _conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
@@ -113,11 +113,7 @@ class ResNet(EmbeddingModel):
         return out.flatten(1)
 
     def reset_parameters(self, generator: torch.Generator) -> None:
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                init_conv_fan_out(module, generator)
-            elif isinstance(module, nn.BatchNorm2d):
-                init_batchnorm(module)
+        init_cnn(self, generator)
 
 
 class ResNet18(ResNet):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import EmbeddingModel, init_batchnorm, init_conv_fan_out
+from .base import EmbeddingModel, init_cnn
 
 _WIDTHS: tuple[int, ...] = (32, 64, 128, 128)
 _STRIDES: tuple[int, ...] = (2, 2, 2, 1)
@@ -48,8 +48,4 @@ class TinyCNN(EmbeddingModel):
         return out.flatten(1)
 
     def reset_parameters(self, generator: torch.Generator) -> None:
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                init_conv_fan_out(module, generator)
-            elif isinstance(module, nn.BatchNorm2d):
-                init_batchnorm(module)
+        init_cnn(self, generator)

@@ -121,9 +121,14 @@ BAD_SPECS = [
         "spec.selection.nSamples: Input should be greater than or equal to 1",
     ),
     (
-        "spec.selection.strategies",
-        [],
-        "spec.selection.strategies: List should have at least 1 item",
+        "spec.input",
+        {"type": "objects", "embeddings": {"model": "tiny"}},
+        "spec.input: type objects needs predictions with task detection",
+    ),
+    (
+        "spec.input.frames",
+        {"everyNFrames": 10},
+        "spec.input: frames applies only to type videos",
     ),
     (
         "spec.selection.strategies.0.strategy.type",

@@ -212,12 +212,12 @@ def run_selection(run: SelectionRun, settings: RunSettings, progress: Progress) 
     listed, embedded, model_desc = _embed(run, input_dir, relevant, settings, progress, timer)
 
     sel = run.spec.selection
-    strategy = sel.strategies[0].strategy
+    min_distance = sel.strategies[0].strategy.min_distance if sel.strategies else None
     k = samples_to_select(
         len(embedded.filenames), n_samples=sel.n_samples, proportion=sel.proportion
     )
     with timer("select"):
-        result = k_center_greedy(embedded.embeddings, k, min_distance=strategy.min_distance or 0.0)
+        result = k_center_greedy(embedded.embeddings, k, min_distance=min_distance or 0.0)
     log.info(
         "selected %d of %d samples: %s",
         len(result.indices),
@@ -274,7 +274,7 @@ def run_selection(run: SelectionRun, settings: RunSettings, progress: Progress) 
                 if sel.n_samples is not None
                 else f"proportion={sel.proportion:g}"
             )
-            + (f", minDistance={strategy.min_distance:g}" if strategy.min_distance else "")
+            + (f", minDistance={min_distance:g}" if min_distance else "")
         )
         html = render_report(
             ReportData(

@@ -294,6 +294,36 @@ class PredictionsSpec(SiftModel):
     task: Literal["classification", "detection"]
 
 
+class FrameSampling(SiftModel):
+    """Which frames of each video become samples (input type videos)."""
+
+    every_n_frames: int = Field(1, ge=1, le=100_000, description="Keep every n-th frame.")
+    max_frames_per_video: int | None = Field(None, ge=1, le=10_000_000)
+
+
+class ObjectSampling(SiftModel):
+    """How detected objects become samples (input type objects)."""
+
+    min_size: float = Field(
+        4.0, ge=0, le=10_000, description="Skip boxes narrower or shorter than this (pixels)."
+    )
+
+
+@with_rules(
+    lambda m: [
+        Rule(
+            cel="self.type != 'objects' || "
+            "(has(self.predictions) && self.predictions.task == 'detection')",
+            message="type objects needs predictions with task detection (the boxes to crop)",
+            check=lambda o: (
+                o.type != "objects"
+                or (o.predictions is not None and o.predictions.task == "detection")
+            ),
+        ),
+        when_type_forbids(m, "type", ("videos",), "frames"),
+        when_type_forbids(m, "type", ("objects",), "objects"),
+    ]
+)
 class InputSpec(SiftModel):
     """What a sample is and what is known about it."""
 
@@ -303,6 +333,8 @@ class InputSpec(SiftModel):
     embeddings: EmbeddingsSpec
     metadata: MetadataSpec | None = None
     predictions: PredictionsSpec | None = None
+    frames: FrameSampling | None = None
+    objects: ObjectSampling | None = None
 
 
 # --- selection ---
@@ -424,7 +456,11 @@ class SelectionSpec(SiftModel):
 
     n_samples: int | None = Field(None, ge=1, le=100_000_000)
     proportion: float | None = Field(None, gt=0, le=1, description="Share of the input to select.")
-    strategies: list[StrategyEntry] = Field(min_length=1, max_length=16)
+    strategies: list[StrategyEntry] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Empty: Sift's recommended default for a plain 'pick n' (see docs/selection.md).",
+    )
     remove_duplicates: RemoveDuplicates | None = None
     datapool: Datapool | None = None
 

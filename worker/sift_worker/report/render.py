@@ -22,12 +22,26 @@ import jinja2
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["MAX_THUMBNAILS", "ReportData", "Thumbnail", "render_report"]
+__all__ = [
+    "MAX_THUMBNAILS",
+    "Distribution",
+    "DuplicateRow",
+    "ReportData",
+    "StrategyEffect",
+    "Thumbnail",
+    "render_report",
+]
 
 #: Default cap on embedded thumbnails: each costs a few KB of base64.
 MAX_THUMBNAILS = 500
 #: Corrupt files listed in the table; beyond this the page only gives a count.
 MAX_CORRUPT_ROWS = 1_000
+#: Duplicate pairs listed in the table; beyond this the page only gives a count.
+MAX_DUPLICATE_ROWS = 500
+#: Unusable metadata/prediction files listed; beyond this only a count.
+MAX_PROBLEM_ROWS = 1_000
+#: Bars per distribution chart; callers normally bucket long tails into "other".
+MAX_DISTRIBUTION_CATEGORIES = 40
 #: Selected points labelled with their rank on the map (more would clutter it).
 _LABELLED_RANKS = 10
 #: Vertices kept in the coverage curve's polyline.
@@ -43,7 +57,14 @@ _MAP_W, _MAP_H, _MAP_PAD = 720.0, 500.0, 16.0
 _CH_W, _CH_H = 380.0, 250.0
 _CH_LEFT, _CH_RIGHT, _CH_TOP, _CH_BOTTOM = 50.0, 16.0, 12.0, 44.0
 
+# Distribution chart geometry: label column, bar area, then room for the share text.
+_DI_W, _DI_LABEL_X, _DI_X0, _DI_X1 = 360.0, 100.0, 106.0, 318.0
+_DI_TOP, _DI_ROW, _DI_BAR, _DI_GAP = 20.0, 27.0, 8.0, 2.0
+_DI_FONT = 12.0  # category label font size (matches .dchart .cat in the template)
+
 _KNOWN_COUNTS = ("listed", "decoded", "corrupt", "selected")
+# Counters with a card of their own, in funnel order (see _counts_context).
+_DUPLICATES_KEYS = ("duplicates", "duplicates_removed")
 _STAGE_COLOURS = ("#3b5bdb", "#0c8599", "#e8590c", "#5f3dc4", "#2b8a3e", "#c2255c", "#868e96")
 
 
@@ -54,6 +75,49 @@ class Thumbnail:
     filename: str
     rank: int
     jpeg: bytes
+
+
+@dataclasses.dataclass(frozen=True)
+class Distribution:
+    """Counts per category among all candidates and in the selection, for one input.
+
+    ``categories`` are drawn in the given order (bin numeric inputs first, e.g.
+    with :func:`sift_worker.report.distributions.bin_numeric`). ``target`` holds
+    a balance strategy's target share (0..1) per category; NaN means no target
+    for that category.
+    """
+
+    name: str
+    categories: Sequence[str]
+    before: Sequence[int]
+    after: Sequence[int]
+    target: Sequence[float] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class DuplicateRow:
+    """A candidate dropped as a duplicate of ``original`` (kind "exact" or "near")."""
+
+    filename: str
+    original: str
+    kind: str
+    distance: float
+
+
+@dataclasses.dataclass(frozen=True)
+class StrategyEffect:
+    """How much one strategy weighed in the picks.
+
+    ``mean_contribution`` is the mean over picks of its term in the objective and
+    ``share`` its share (0..1) of the total objective over picks; ``excluded`` is
+    how many samples a threshold filtered out (None for other strategies).
+    """
+
+    label: str
+    description: str
+    mean_contribution: float
+    share: float
+    excluded: int | None = None
 
 
 # eq=False: the numpy fields make generated __eq__ ambiguous, and reports are
@@ -75,6 +139,11 @@ class ReportData:
     corrupt: Sequence[tuple[str, str]]
     stop_reason: str
     min_distance_curve: Sequence[float]
+    distributions: Sequence[Distribution] = ()
+    duplicates: Sequence[DuplicateRow] = ()
+    strategy_effects: Sequence[StrategyEffect] = ()
+    #: (file, reason) for metadata or prediction files that could not be used.
+    input_problems: Sequence[tuple[str, str]] = ()
 
 
 @functools.cache
@@ -101,6 +170,31 @@ def _shorten(name: str, limit: int) -> str:
     head = (limit - 1) // 2
     tail = limit - 1 - head
     return f"{name[:head]}…{name[-tail:]}"
+
+
+def _text_width(text: str, font_size: float) -> float:
+    """Rough rendered width of sans-serif ``text``, enough to keep labels in their column."""
+    em = 0.0
+    for ch in text:
+        if ch in "ilj.,:;'|!1 ()[]ft":
+            em += 0.32
+        elif ch in "MWmw@%":
+            em += 0.92
+        elif ch.isupper() or ch.isdigit() or ch in "\u2026_\u2013\u2014":
+            em += 0.68
+        else:
+            em += 0.62
+    return em * font_size
+
+
+def _fit(text: str, width: float, font_size: float) -> str:
+    """Shorten ``text`` in the middle until it fits in ``width`` user units."""
+    limit = len(text)
+    short = text
+    while limit > 3 and _text_width(short, font_size) > width:
+        limit -= 1
+        short = _shorten(text, limit)
+    return short
 
 
 def _fmt_created(created: str) -> str:
@@ -307,11 +401,21 @@ def _curve_context(curve: Sequence[float]) -> dict[str, Any]:
     return ctx
 
 
-def _counts_context(counts: Mapping[str, int], n_embedded: int) -> list[dict[str, str]]:
-    """Summary cards in a fixed order, then any extra counters the pipeline adds."""
+def _counts_context(
+    counts: Mapping[str, int], n_embedded: int, n_duplicates: int, n_problems: int
+) -> list[dict[str, str]]:
+    """Summary cards in funnel order, then any extra counters the pipeline adds.
+
+    The duplicates card shows the pipeline's own counter when it passes one
+    (``duplicates`` or ``duplicates_removed``), else the number of rows given.
+    """
     cards = [
         {"label": key, "value": _fmt_int(counts.get(key)), "key": key} for key in _KNOWN_COUNTS
     ]
+    dup_key = next((k for k in _DUPLICATES_KEYS if k in counts), None)
+    if dup_key is not None or n_duplicates:
+        value = counts[dup_key] if dup_key is not None else n_duplicates
+        cards.insert(3, {"label": "duplicates", "value": _fmt_int(value), "key": "dups"})
     selected = counts.get("selected")
     pool = counts.get("decoded", n_embedded or None)
     if selected is not None and pool:
@@ -320,12 +424,164 @@ def _counts_context(counts: Mapping[str, int], n_embedded: int) -> list[dict[str
     else:
         pct_text = "—"
     cards.append({"label": "% selected", "value": pct_text, "key": "pct"})
+    if n_problems:
+        cards.append({"label": "input problems", "value": _fmt_int(n_problems), "key": "problems"})
     cards.extend(
         {"label": key.replace("_", " "), "value": _fmt_int(value), "key": "extra"}
         for key, value in counts.items()
-        if key not in _KNOWN_COUNTS
+        if key not in _KNOWN_COUNTS and key not in _DUPLICATES_KEYS
     )
     return cards
+
+
+def _fmt_share(share: float) -> str:
+    """Short percentage for chart labels: whole percent, one decimal below 10%."""
+    pct = 100.0 * share
+    if pct == 0:
+        return "0%"
+    if abs(pct) < 0.1:
+        return "<0.1%"
+    if abs(pct) < 10:
+        return f"{pct:.1f}%"
+    return f"{pct:.0f}%"
+
+
+def _finite(value: float) -> float | None:
+    v = float(value)
+    return v if math.isfinite(v) else None
+
+
+def _distribution_context(index: int, dist: Distribution) -> dict[str, Any]:
+    """Lay out one paired bar chart: share among candidates vs share of the selection."""
+    n = len(dist.categories)
+    target = list(dist.target) if dist.target is not None else None
+    if len(dist.before) != n or len(dist.after) != n or (target is not None and len(target) != n):
+        raise ValueError(
+            f"distribution {dist.name!r}: categories ({n}), before ({len(dist.before)}), after "
+            f"({len(dist.after)}) and target must have the same length"
+        )
+    before = [max(int(c), 0) for c in dist.before]
+    after = [max(int(c), 0) for c in dist.after]
+    n_before, n_after = sum(before), sum(after)
+    shown = min(n, MAX_DISTRIBUTION_CATEGORIES)
+    rows_data = []
+    for i in range(n):
+        b = before[i] / n_before if n_before else 0.0
+        a = after[i] / n_after if n_after else 0.0
+        t = _finite(target[i]) if target is not None else None
+        rows_data.append((str(dist.categories[i]), before[i], b, after[i], a, t))
+    table = [
+        {
+            "name": name,
+            "count_before": f"{cb:,}",
+            "count_after": f"{ca:,}",
+            "before": _fmt_share(b),
+            "after": _fmt_share(a),
+            "target": None if t is None else _fmt_share(t),
+        }
+        for name, cb, b, ca, a, t in rows_data
+    ]
+    rows_data = rows_data[:shown]
+    peak = max([0.0, *(max(b, a, t or 0.0) for _, _, b, _, a, t in rows_data)])
+    ticks = _nice_ticks(min(peak, 1.0) * 100, 4)
+    scale_max = ticks[-1] / 100
+
+    def sx(share: float) -> float:
+        return _DI_X0 + min(max(share, 0.0), scale_max) / scale_max * (_DI_X1 - _DI_X0)
+
+    rows = []
+    for i, (name, cb, b, ca, a, t) in enumerate(rows_data):
+        y = _DI_TOP + i * _DI_ROW + 4
+        y_after = y + _DI_BAR + _DI_GAP
+        wb, wa = sx(b) - _DI_X0, sx(a) - _DI_X0
+        # Keep tiny non-zero shares visible.
+        wb, wa = (max(w, 1.5) if c else 0.0 for w, c in ((wb, cb), (wa, ca)))
+        tip = (
+            f"{name}: {100 * b:.1f}% of all candidates ({cb:,} of {n_before:,}), "
+            f"{100 * a:.1f}% of the selection ({ca:,} of {n_after:,})"
+        )
+        if t is not None:
+            tip += f", target {100 * t:.1f}%"
+        rows.append(
+            {
+                "name": name,
+                "label": _fit(name, _DI_LABEL_X - 4, _DI_FONT),
+                "tip": tip,
+                "y": f"{y:.1f}",
+                "y_after": f"{y_after:.1f}",
+                "y_mid": f"{y + _DI_BAR + _DI_GAP / 2:.1f}",
+                "y_row": f"{y - 4:.1f}",
+                "w_before": f"{wb:.1f}",
+                "w_after": f"{wa:.1f}",
+                "x_before_text": f"{_DI_X0 + wb + 4:.1f}",
+                "x_after_text": f"{_DI_X0 + wa + 4:.1f}",
+                "before": _fmt_share(b),
+                "after": _fmt_share(a),
+                "x_target": None if t is None else f"{sx(t):.1f}",
+                "target_y1": f"{y - 3:.1f}",
+                "target_y2": f"{y_after + _DI_BAR + 3:.1f}",
+            }
+        )
+    height = _DI_TOP + shown * _DI_ROW + 4
+    return {
+        "id": f"dist-{index}",
+        "name": dist.name,
+        "rows": rows,
+        "table": table,
+        "row_height": _DI_ROW,
+        "n_before": f"{n_before:,}",
+        "n_after": f"{n_after:,}",
+        "n_categories": n,
+        "n_hidden": n - shown,
+        "has_target": any(r["target"] is not None for r in table),
+        "width": _DI_W,
+        "height": f"{height:.0f}",
+        "x0": _DI_X0,
+        "label_x": _DI_LABEL_X,
+        "ticks": [{"x": f"{sx(t / 100):.1f}", "label": f"{_fmt_num(t)}%"} for t in ticks],
+        "tick_y": _DI_TOP - 8,
+        "grid_y1": _DI_TOP - 3,
+        "grid_y2": f"{height - 2:.0f}",
+    }
+
+
+def _strategies_context(effects: Sequence[StrategyEffect]) -> dict[str, Any]:
+    """Rows for the strategy table; shares become inline bars."""
+    rows = []
+    for i, e in enumerate(effects):
+        mean, share = _finite(e.mean_contribution), _finite(e.share)
+        # A threshold only filters: it has no term in the objective.
+        filter_only = e.excluded is not None and not mean and not share
+        rows.append(
+            {
+                "label": e.label,
+                "description": e.description,
+                "mean": "—" if mean is None or filter_only else _fmt_num(mean),
+                "share": None if share is None or filter_only else _fmt_share(share),
+                "width": f"{100 * min(max(share or 0.0, 0.0), 1.0):.1f}",
+                "filter_only": filter_only,
+                "excluded": "—" if e.excluded is None else _fmt_int(e.excluded),
+                "colour": _STAGE_COLOURS[i % len(_STAGE_COLOURS)],
+            }
+        )
+    return {"rows": rows, "has_excluded": any(e.excluded is not None for e in effects)}
+
+
+def _duplicates_context(duplicates: Sequence[DuplicateRow]) -> list[dict[str, str]]:
+    rows = []
+    for d in duplicates[:MAX_DUPLICATE_ROWS]:
+        kind = d.kind.strip().lower()
+        distance = _finite(d.distance)
+        rows.append(
+            {
+                "name": d.filename,
+                "original": d.original,
+                "kind": d.kind,
+                "kind_class": kind if kind in ("exact", "near") else "other",
+                "distance": "—" if distance is None else _fmt_num(distance),
+            }
+        )
+    return rows
 
 
 def _timings_context(timings: Mapping[str, float]) -> dict[str, Any]:
@@ -357,6 +613,7 @@ def render_report(
     if max_points < 0 or max_thumbnails < 0:
         raise ValueError("max_points and max_thumbnails must be >= 0")
     thumbs = sorted(data.thumbnails, key=lambda t: t.rank)
+    problems = list(data.input_problems)
     embedded = thumbs[:max_thumbnails]
     n_selected = data.counts.get("selected", len(thumbs))
     context = {
@@ -366,7 +623,9 @@ def render_report(
         "model": data.model,
         "strategy": data.strategy_summary,
         "stop_reason": data.stop_reason,
-        "cards": _counts_context(data.counts, len(data.filenames)),
+        "cards": _counts_context(
+            data.counts, len(data.filenames), len(data.duplicates), len(problems)
+        ),
         "timings": _timings_context(data.timings),
         "map": _map_context(data, max_points),
         "curve": _curve_context(data.min_distance_curve),
@@ -387,5 +646,11 @@ def render_report(
         "corrupt": [{"name": f, "reason": r} for f, r in data.corrupt[:MAX_CORRUPT_ROWS]],
         "n_corrupt": len(data.corrupt),
         "max_corrupt_rows": MAX_CORRUPT_ROWS,
+        "distributions": [_distribution_context(i, d) for i, d in enumerate(data.distributions)],
+        "strategies": _strategies_context(data.strategy_effects),
+        "duplicates": _duplicates_context(data.duplicates),
+        "n_duplicates": len(data.duplicates),
+        "problems": [{"name": f, "reason": r} for f, r in problems[:MAX_PROBLEM_ROWS]],
+        "n_problems": len(problems),
     }
     return _template().render(**context)

@@ -105,9 +105,11 @@ def test_every_output_present_and_well_formed(dataset: DemoDataset, first_run: P
         "filename",
         "selected",
         "rank",
-        "distance_when_picked",
+        "objective",
+        "diversity[0]",
         "distance_to_selection",
         "status",
+        "duplicate_of",
     ]
     assert sorted(r["filename"] for r in rows) == sorted(good + list(dataset.corrupt))
     assert sorted(int(r["rank"]) for r in rows if r["rank"]) == list(range(1, 25))
@@ -131,6 +133,8 @@ def test_every_output_present_and_well_formed(dataset: DemoDataset, first_run: P
         "listed": len(rows),
         "decoded": len(good),
         "corrupt": len(dataset.corrupt),
+        "duplicates": 0,
+        "pooled": 0,
         "selected": 24,
     }
     assert set(info["timings"]) >= {"list", "embed", "select", "write", "report"}
@@ -216,9 +220,8 @@ def test_unsupported_blocks_refused_by_name(
     err = capsys.readouterr().err
     for path in (
         "spec.datasource.input.s3",
-        "spec.input.metadata",
-        "spec.selection.strategies[1].strategy.type",
-        "spec.selection.datapool",
+        "spec.datasource.output.s3",
+        "spec.input.embeddings.weights",
         "spec.report",
     ):
         assert path in err

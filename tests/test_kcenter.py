@@ -2,6 +2,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 from sift_worker.selection import k_center_greedy, samples_to_select
 
 
@@ -83,3 +84,192 @@ def test_samples_to_select(
 def test_empty_input() -> None:
     result = k_center_greedy(np.zeros((0, 4), np.float32), 3)
     assert result.indices.size == 0
+
+
+# ---- exactness against a plain numpy loop, precisions, pool, edge cases ----------
+
+
+def numpy_reference(
+    x: np.ndarray, k: int, pool: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The straightforward loop the optimised one must agree with, pick for pick."""
+    u = x / np.linalg.norm(x, axis=1, keepdims=True)
+    if pool is None:
+        mean = u.mean(axis=0, dtype=np.float64)
+        mean /= np.linalg.norm(mean)
+        first = int(np.argmax(u.astype(np.float64) @ mean))
+        picks, mind = [first], np.linalg.norm(u - u[first], axis=1)
+    else:
+        p = pool / np.linalg.norm(pool, axis=1, keepdims=True)
+        mind = np.linalg.norm(u[:, None, :] - p[None, :, :], axis=2).min(axis=1)
+        picks = []
+    while len(picks) < k:
+        best = int(np.argmax(mind))
+        if mind[best] <= 0:
+            break
+        picks.append(best)
+        np.minimum(mind, np.linalg.norm(u - u[best], axis=1), out=mind)
+    return np.asarray(picks), mind
+
+
+def blobs(n: int, dim: int, n_clusters: int, spread: float, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(n_clusters, dim))
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    labels = rng.integers(0, n_clusters, n)
+    return (centres[labels] + rng.normal(size=(n, dim)) * spread / np.sqrt(dim)).astype(np.float32)
+
+
+PRECISIONS = ["float32", "bfloat16", "float16", "int8", "auto"]
+
+
+@pytest.mark.parametrize(
+    ("n", "dim", "k", "seed"), [(1, 8, 3, 0), (97, 3, 40, 1), (3000, 64, 60, 2)]
+)
+def test_same_picks_as_numpy_loop_on_random_data(n: int, dim: int, k: int, seed: int) -> None:
+    x = np.random.default_rng(seed).normal(size=(n, dim)).astype(np.float32)
+    want, mind = numpy_reference(x, k)
+    got = k_center_greedy(x, k)
+    assert got.indices.tolist() == want.tolist()
+    assert_same_distances(got.distance_to_selection, mind)
+    assert_same_distances(got.pick_distances[1:], mind_at_picks(x, want))
+
+
+def assert_same_distances(got: np.ndarray, want: np.ndarray) -> None:
+    """Equal up to float32 rounding of a dot product (1e-6 on squared distance)."""
+    np.testing.assert_allclose(got.astype(np.float64) ** 2, want.astype(np.float64) ** 2, atol=1e-6)
+    np.testing.assert_array_equal(got == 0, want == 0)
+
+
+def mind_at_picks(x: np.ndarray, picks: np.ndarray) -> np.ndarray:
+    u = x / np.linalg.norm(x, axis=1, keepdims=True)
+    return np.array(
+        [np.linalg.norm(u[picks[:i]] - u[picks[i]], axis=1).min() for i in range(1, len(picks))]
+    )
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_every_precision_picks_like_float32_with_pruning(
+    precision: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 40k rows in tight clusters: enough tiles and centres for regrouping and tile skips
+    from sift_worker.selection import kcenter
+
+    regroups: list[int] = []
+    original = kcenter._Greedy._reorder
+
+    def counting(self: kcenter._Greedy) -> None:
+        regroups.append(self.n_anchors)
+        original(self)
+
+    monkeypatch.setattr(kcenter._Greedy, "_reorder", counting)
+    x = blobs(40_000, 32, 40, 0.3, seed=5)
+    want = k_center_greedy(x, 120, precision="float32")
+    got = k_center_greedy(x, 120, precision=precision)  # type: ignore[arg-type]
+    assert regroups, "pruning path not exercised"
+    # reduced storage only pre-filters: picks (hence the covering radius) equal float32's
+    assert got.indices.tolist() == want.indices.tolist()
+    assert_same_distances(got.distance_to_selection, want.distance_to_selection)
+    radius = got.distance_to_selection.max()
+    assert radius <= want.distance_to_selection.max() * 1.02
+
+
+def test_pruned_run_matches_numpy_loop() -> None:
+    x = blobs(20_000, 16, 25, 0.4, seed=8)
+    want, mind = numpy_reference(x, 80)
+    for precision in ("float32", "int8"):
+        got = k_center_greedy(x, 80, precision=precision)  # type: ignore[arg-type]
+        assert got.indices.tolist() == want.tolist()
+        assert_same_distances(got.distance_to_selection, mind)
+
+
+def test_initial_centers_start_the_distances() -> None:
+    x, labels = clusters(n_clusters=6, per=40, dim=16, seed=4)
+    pool = x[labels < 3][::7]  # the pool already covers clusters 0-2
+    result = k_center_greedy(x, 3, initial_centers=pool)
+    # picks cover the three clusters the pool does not, one each
+    assert sorted(labels[result.indices]) == [3, 4, 5]
+    # rows equal to a pool centre are at distance 0 and never picked
+    pool_rows = {tuple(r) for r in pool}
+    assert not any(tuple(x[i]) in pool_rows for i in result.indices)
+    assert np.isfinite(result.pick_distances[0])
+    want, mind = numpy_reference(x, 3, pool=pool)
+    assert result.indices.tolist() == want.tolist()
+    assert_same_distances(result.distance_to_selection, mind)
+
+
+def test_point_equal_to_pool_centre_is_not_picked_first() -> None:
+    x = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [0.9, 0.1, 0]], np.float32)
+    # the mean direction would start at row 3; with a pool, the farthest from it does
+    result = k_center_greedy(x, 1, initial_centers=x[[1, 2]])
+    assert result.indices.tolist() == [0]
+    assert result.pick_distances[0] == pytest.approx(math.sqrt(2))
+    all_dup = k_center_greedy(x[[1, 2]], 2, initial_centers=x[[1, 2]])
+    assert all_dup.indices.size == 0
+    assert "duplicate" in all_dup.stop_reason
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_stops_hold_in_every_precision(precision: str) -> None:
+    x, _ = clusters(n_clusters=4, seed=2)
+    result = k_center_greedy(x, 100, min_distance=0.5, precision=precision)  # type: ignore[arg-type]
+    assert len(result.indices) == 4
+    assert "minDistance 0.5" in result.stop_reason
+    base = np.eye(3, dtype=np.float32)
+    dup = k_center_greedy(np.concatenate([base] * 5), 9, precision=precision)  # type: ignore[arg-type]
+    assert len(dup.indices) == 3
+    assert "duplicate" in dup.stop_reason
+
+
+def test_ties_go_to_the_lowest_index() -> None:
+    # mean is zero -> row 0 first, then its opposite; rows 1 and 2 then tie at sqrt(2)
+    x = np.array([[1, 0], [0, 1], [0, -1], [-1, 0]], np.float32)
+    assert k_center_greedy(x, 4).indices.tolist() == [0, 3, 1, 2]
+    swapped = x[[0, 2, 1, 3]]
+    assert k_center_greedy(swapped, 4).indices.tolist() == [0, 3, 1, 2]
+
+
+def test_k_larger_than_n_and_single_row() -> None:
+    x = np.random.default_rng(0).normal(size=(7, 5)).astype(np.float32)
+    result = k_center_greedy(x, 50)
+    assert sorted(result.indices.tolist()) == list(range(7))
+    assert np.all(result.distance_to_selection == 0)
+    one = k_center_greedy(x[:1], 5)
+    assert one.indices.tolist() == [0]
+    assert math.isinf(one.pick_distances[0])
+
+
+def test_deterministic_across_threads_and_explicit_cpu() -> None:
+    x = blobs(5000, 24, 10, 0.5, seed=9)
+    a = k_center_greedy(x, 40, threads=1, device="cpu")
+    b = k_center_greedy(x, 40, threads=2, device=torch.device("cpu"), precision="int8")
+    before = torch.get_num_threads()
+    c = k_center_greedy(x, 40, threads=1)
+    assert torch.get_num_threads() == before  # restored
+    assert a.indices.tolist() == b.indices.tolist() == c.indices.tolist()
+    np.testing.assert_array_equal(a.distance_to_selection, c.distance_to_selection)
+
+
+def test_zero_rows_and_non_float32_input() -> None:
+    x = np.random.default_rng(1).normal(size=(50, 6))  # float64, not contiguous below
+    x[5] = 0
+    got = k_center_greedy(x[:, ::1], 10)
+    assert got.indices.dtype == np.int64
+    assert got.distance_to_selection.dtype == np.float32
+    assert len(set(got.indices.tolist())) == 10
+
+
+def test_rejects_bad_arguments() -> None:
+    x = np.ones((4, 3), np.float32)
+    with pytest.raises(ValueError, match="precision"):
+        k_center_greedy(x, 2, precision="float64")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="initial_centers"):
+        k_center_greedy(x, 2, initial_centers=np.ones((2, 4), np.float32))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu() -> None:
+    x = blobs(20_000, 32, 20, 0.4, seed=3)
+    a = k_center_greedy(x, 60, device="cpu")
+    b = k_center_greedy(x, 60, device="cuda")
+    assert a.indices.tolist() == b.indices.tolist()

@@ -1,14 +1,13 @@
 """What this worker release can run, so nothing in a valid spec is silently ignored.
 
 Every block of the SelectionRun model exists from the start; blocks whose
-behaviour arrives in a later release are refused here with the field path.
+behaviour arrives in a later release (object storage, embedding training, reporting)
+are refused here with the field path.
 """
 
 from __future__ import annotations
 
 from sift_worker.api.v1alpha1 import SelectionRun, StorageLocation
-
-SUPPORTED_STRATEGIES = frozenset({"diversity"})
 
 
 def _storage(path: str, loc: StorageLocation) -> list[str]:
@@ -29,8 +28,6 @@ def unsupported_features(run: SelectionRun) -> list[str]:
     spec = run.spec
     problems = _storage("spec.datasource.input", spec.datasource.input)
     problems += _storage("spec.datasource.output", spec.datasource.output)
-    if spec.input.type != "images":
-        problems.append(f"spec.input.type: {spec.input.type!r} is not supported yet; use 'images'")
     emb = spec.input.embeddings
     if emb.train is not None:
         problems.append(
@@ -44,25 +41,18 @@ def unsupported_features(run: SelectionRun) -> list[str]:
             )
     if emb.file is not None and emb.file.filenames is not None and emb.file.filenames.path is None:
         problems.append("spec.input.embeddings.file.filenames: only a local path is supported yet")
-    if spec.input.metadata is not None:
-        problems.append("spec.input.metadata: metadata inputs are not supported yet")
-    if spec.input.predictions is not None:
-        problems.append("spec.input.predictions: prediction inputs are not supported yet")
-    sel = spec.selection
-    for i, entry in enumerate(sel.strategies):
-        if entry.strategy.type not in SUPPORTED_STRATEGIES:
-            problems.append(
-                f"spec.selection.strategies[{i}].strategy.type: {entry.strategy.type!r} is not "
-                "supported yet; this release selects with 'diversity'"
-            )
-    if len(sel.strategies) > 1:
+    if emb.file is not None and spec.input.type != "images":
         problems.append(
-            "spec.selection.strategies: combining several strategies is not supported yet"
+            "spec.input.embeddings.file: user embeddings are per image; "
+            "videos and objects need a model"
         )
-    if sel.remove_duplicates is not None:
-        problems.append("spec.selection.removeDuplicates: duplicate removal is not supported yet")
-    if sel.datapool is not None:
-        problems.append("spec.selection.datapool: incremental datapools are not supported yet")
+    for i, entry in enumerate(spec.selection.strategies):
+        query = entry.strategy.query
+        if query is not None and query.embeddings is not None and query.embeddings.path is None:
+            problems.append(
+                f"spec.selection.strategies[{i}].strategy.query.embeddings: "
+                "only a local path is supported yet"
+            )
     if spec.report is not None:
         problems.append("spec.report: reporting to a results API is not supported yet")
     return problems

@@ -14,21 +14,15 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-SELECTION_COLUMNS = (
-    "filename",
-    "selected",
-    "rank",
-    "distance_when_picked",
-    "distance_to_selection",
-    "status",
-)
+SELECTION_HEAD = ("filename", "selected", "rank", "objective")
+SELECTION_TAIL = ("distance_to_selection", "status", "duplicate_of")
 
 
 def _umask() -> int:
@@ -68,45 +62,86 @@ def _fmt(value: float) -> str:
 
 @dataclass(frozen=True)
 class SelectionTable:
-    """``selection.csv``: one row per listed sample, in listing order."""
+    """``selection.csv``: one row per sample (listed order), why each was or was not picked.
 
-    rows: list[tuple[str, str, str, str, str, str]]
+    Columns: filename, selected, rank, objective (combined value when picked), one column
+    per strategy label with its contribution, distance_to_selection, status (``ok``,
+    ``corrupt``, ``duplicate``, ``pooled``, ``excluded by threshold[i]``), duplicate_of.
+    """
+
+    header: tuple[str, ...]
+    rows: list[tuple[str, ...]]
 
     def to_csv(self) -> str:
-        return _csv(self.rows, SELECTION_COLUMNS)
+        return _csv(self.rows, self.header)
+
+
+@dataclass(frozen=True)
+class SampleStatus:
+    """What happened to the samples that were not candidates, by sample id."""
+
+    corrupt: Iterable[str] = ()
+    duplicate_of: Mapping[str, str] | None = None
+    pooled: Iterable[str] = ()
+    excluded_by: Mapping[str, str] | None = None
 
 
 def build_selection_table(
-    listed: Sequence[str],
-    embedded: Sequence[str],
-    picks: np.ndarray,
-    pick_distances: np.ndarray,
-    distance_to_selection: np.ndarray,
-    corrupt: Iterable[tuple[str, str]],
+    samples: Sequence[str],
+    picks: Sequence[str],
+    objective: np.ndarray,
+    contributions: Mapping[str, np.ndarray],
+    distance: Mapping[str, float],
+    status: SampleStatus,
 ) -> SelectionTable:
-    rank_of = {int(idx): rank for rank, idx in enumerate(picks.tolist(), start=1)}
-    row_of = {name: i for i, name in enumerate(embedded)}
-    bad = {name for name, _ in corrupt}
+    labels = list(contributions)
+    rank_of = {name: i for i, name in enumerate(picks)}
+    corrupt, pooled = set(status.corrupt), set(status.pooled)
+    dup_of = status.duplicate_of or {}
+    excluded = status.excluded_by or {}
     rows = []
-    for name in listed:
-        i = row_of.get(name)
+    for name in samples:
+        i = rank_of.get(name)
+        if name in corrupt:
+            state = "corrupt"
+        elif name in dup_of:
+            state = "duplicate"
+        elif name in pooled:
+            state = "pooled"
+        elif name in excluded:
+            state = f"excluded by {excluded[name]}"
+        else:
+            state = "ok"
         if i is None:
-            status = "corrupt" if name in bad else "missing"
-            rows.append((name, "false", "", "", "", status))
-            continue
-        rank = rank_of.get(i)
-        picked = _fmt(float(pick_distances[rank - 1])) if rank else ""
+            picked: tuple[str, ...] = ("false", "", "", *("" for _ in labels))
+        else:
+            picked = (
+                "true",
+                str(i + 1),
+                _fmt(float(objective[i])),
+                *(_fmt(float(contributions[lab][i])) for lab in labels),
+            )
         rows.append(
             (
                 name,
-                "true" if rank else "false",
-                str(rank or ""),
-                picked,
-                _fmt(float(distance_to_selection[i])),
-                "ok",
+                *picked,
+                _fmt(distance.get(name, math.nan)),
+                state,
+                dup_of.get(name, ""),
             )
         )
-    return SelectionTable(rows)
+    return SelectionTable((*SELECTION_HEAD, *labels, *SELECTION_TAIL), rows)
+
+
+def duplicates_csv(rows: Iterable[tuple[str, str, str, float]]) -> str:
+    return _csv(
+        ((a, b, k, _fmt(d)) for a, b, k, d in rows),
+        ("filename", "duplicate_of", "kind", "distance"),
+    )
+
+
+def problems_csv(problems: Iterable[tuple[str, str]]) -> str:
+    return _csv(problems, ("file", "reason"))
 
 
 def corrupt_csv(corrupt: Iterable[tuple[str, str]]) -> str:

@@ -21,17 +21,23 @@ from typing import Any
 import numpy as np
 import torch
 
+from sift_worker import explain
 from sift_worker.api.v1alpha1 import SelectionRun
 from sift_worker.capabilities import unsupported_features
 from sift_worker.config import ConfigError
-from sift_worker.embed import Embedded, embed_folder
+from sift_worker.datapool import PoolError, save_pool
+from sift_worker.embed import Embedded, embed_samples
 from sift_worker.embeddings_file import EmbeddingsFileError, load_embeddings_file
 from sift_worker.imaging import CorruptImage, make_thumbnail
+from sift_worker.inputs import InputProblem
 from sift_worker.models import WeightsError, build_model
 from sift_worker.outputs import (
+    SampleStatus,
     atomic_write_text,
     build_selection_table,
     corrupt_csv,
+    duplicates_csv,
+    problems_csv,
     replace_dir,
     thumbnail_name,
     to_json,
@@ -39,8 +45,13 @@ from sift_worker.outputs import (
 )
 from sift_worker.progress import Progress
 from sift_worker.report import ReportData, Thumbnail, project_2d, render_report
-from sift_worker.selection import k_center_greedy, samples_to_select
-from sift_worker.sources import iter_volume_files, read_relevant_filenames
+from sift_worker.sampling import SamplePlan, plan_samples
+from sift_worker.selecting import SelectionInputError, SelectStage, run_select_stage
+from sift_worker.sources import read_relevant_filenames
+from sift_worker.sources.objects import crop_thumbnail
+from sift_worker.sources.samples import SampleRef
+from sift_worker.sources.video import frame_thumbnail
+from sift_worker.values import MissingInputError, build_values
 
 log = logging.getLogger("sift.run")
 
@@ -128,8 +139,12 @@ def _embed(
     settings: RunSettings,
     progress: Progress,
     timer: _Timer,
-) -> tuple[list[str], Embedded, str]:
-    emb = run.spec.input.embeddings
+) -> tuple[SamplePlan, Embedded, str]:
+    spec = run.spec.input
+    emb = spec.embeddings
+    with timer("list"):
+        plan = plan_samples(input_dir, spec, relevant)
+    log.info("listed %d files in %s (input type %s)", len(plan.files), input_dir, spec.type)
     if emb.file is not None:
         assert emb.file.path is not None
         names_path = (
@@ -148,7 +163,13 @@ def _embed(
         log.info(
             "loaded %d embeddings (dim %d) from %s", len(names), vectors.shape[1], emb.file.path
         )
-        return names, Embedded(names, vectors), f"embeddings file {Path(emb.file.path).name}"
+        refs = [SampleRef.image(n) for n in names]
+        plan.files = names
+        return (
+            plan,
+            Embedded(names, vectors, [], refs),
+            f"embeddings file {Path(emb.file.path).name}",
+        )
 
     assert emb.model is not None
     weights = Path(emb.weights.path) if emb.weights and emb.weights.path else None
@@ -157,35 +178,43 @@ def _embed(
     except WeightsError as exc:
         raise ConfigError(settings.source, [f"spec.input.embeddings.weights: {exc}"]) from None
     model_desc = f"{emb.model} ({'weights: ' + weights.name if weights else 'random init, seed 0'})"
-    with timer("list"), progress.stage("listing", None, unit="file") as stage:
-        names = []
-        for name in iter_volume_files(input_dir, relevant=relevant):
-            names.append(name)
-            stage.advance()
-    log.info("listed %d images in %s", len(names), input_dir)
-    if relevant is not None and len(names) < len(relevant):
-        log.warning("%d relevant filenames are not in the input", len(relevant) - len(names))
-    with timer("embed"), progress.stage("embedding", len(names)) as stage:
-        embedded = embed_folder(
+    total = None if spec.type == "videos" else len(plan.samples)
+    frames = spec.frames
+    with timer("embed"), progress.stage("embedding", total) as stage:
+        embedded = embed_samples(
             input_dir,
-            names,
+            plan.samples,
             model,
             batch_size=emb.batch_size,
             decode_workers=settings.decode_workers,
             stage=stage,
+            expected=total or 0,
+            every_n=frames.every_n_frames if frames else 1,
+            max_frames=frames.max_frames_per_video if frames else None,
         )
     for name, reason in embedded.corrupt:
         log.warning("skipped corrupt sample %s: %s", name, reason)
-    return names, embedded, model_desc
+    return plan, embedded, model_desc
 
 
-def _thumbnails(input_dir: Path, picks: Sequence[tuple[int, str]], workers: int) -> list[Thumbnail]:
-    def one(item: tuple[int, str]) -> Thumbnail | None:
-        rank, name = item
+def _thumbnail(input_dir: Path, ref: SampleRef) -> bytes:
+    path = input_dir / ref.file
+    if ref.box is not None:
+        return crop_thumbnail(path, ref.box)
+    if ref.frame is not None:
+        return frame_thumbnail(path, ref.frame)
+    return make_thumbnail(path)
+
+
+def _thumbnails(
+    input_dir: Path, picks: Sequence[tuple[int, SampleRef]], workers: int
+) -> list[Thumbnail]:
+    def one(item: tuple[int, SampleRef]) -> Thumbnail | None:
+        rank, ref = item
         try:
-            return Thumbnail(filename=name, rank=rank, jpeg=make_thumbnail(input_dir / name))
-        except CorruptImage as exc:
-            log.warning("no thumbnail for %s: %s", name, exc.reason)
+            return Thumbnail(filename=ref.id, rank=rank, jpeg=_thumbnail(input_dir, ref))
+        except (CorruptImage, OSError) as exc:
+            log.warning("no thumbnail for %s: %s", ref.id, getattr(exc, "reason", exc))
             return None
 
     with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="thumb") as pool:
@@ -194,12 +223,41 @@ def _thumbnails(input_dir: Path, picks: Sequence[tuple[int, str]], workers: int)
 
 def _versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
-    for dist in ("sift", "torch", "numpy", "pillow", "pydantic"):
+    for dist in ("sift", "torch", "numpy", "pillow", "pydantic", "av"):
         try:
             out[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
             out[dist] = "unknown"
     return out
+
+
+def _select(
+    run: SelectionRun,
+    embedded: Embedded,
+    plan: SamplePlan,
+    input_dir: Path,
+    output_dir: Path,
+    settings: RunSettings,
+) -> tuple[SelectStage, dict[str, Any], list[InputProblem]]:
+    spec = run.spec
+    refs = embedded.refs or [SampleRef.image(n) for n in embedded.filenames]
+    try:
+        values, problems = build_values(
+            input_dir, refs, plan.files, spec.input, spec.selection, plan.predictions
+        )
+        stage = run_select_stage(
+            embedded,
+            values,
+            spec.selection,
+            input_dir=input_dir,
+            output_dir=output_dir,
+            hash_files=spec.input.type == "images",
+        )
+    except (MissingInputError, SelectionInputError, PoolError) as exc:
+        raise ConfigError(settings.source, [str(exc)]) from None
+    except ValueError as exc:  # the engine names the strategy and the key it could not read
+        raise ConfigError(settings.source, [f"spec.selection.strategies: {exc}"]) from None
+    return stage, values, problems
 
 
 def run_selection(run: SelectionRun, settings: RunSettings, progress: Progress) -> RunSummary:
@@ -209,42 +267,60 @@ def run_selection(run: SelectionRun, settings: RunSettings, progress: Progress) 
     timer = _Timer()
     torch.set_num_threads(settings.threads)
 
-    listed, embedded, model_desc = _embed(run, input_dir, relevant, settings, progress, timer)
-
+    plan, embedded, model_desc = _embed(run, input_dir, relevant, settings, progress, timer)
     sel = run.spec.selection
-    min_distance = sel.strategies[0].strategy.min_distance if sel.strategies else None
-    k = samples_to_select(
-        len(embedded.filenames), n_samples=sel.n_samples, proportion=sel.proportion
-    )
     with timer("select"):
-        result = k_center_greedy(embedded.embeddings, k, min_distance=min_distance or 0.0)
+        stage, values, value_problems = _select(
+            run, embedded, plan, input_dir, output_dir, settings
+        )
+    problems = [(p.filename, p.reason) for p in [*plan.problems, *value_problems]]
+    for file, reason in problems:
+        log.warning("input problem in %s: %s", file, reason)
+    result = stage.selection
+    picked = stage.picked_rows
+    picked_ids = [embedded.filenames[r] for r in picked]
+    n_dups = len(stage.duplicates.duplicate_of) if stage.duplicates else 0
     log.info(
-        "selected %d of %d samples: %s",
-        len(result.indices),
+        "selected %d of %d samples (%d duplicates, %d pooled): %s",
+        len(picked),
         len(embedded.filenames),
+        n_dups,
+        int(stage.pooled.sum()),
         result.stop_reason,
     )
 
     with timer("write"):
         output_dir.mkdir(parents=True, exist_ok=True)
+        distance = dict.fromkeys(embedded.filenames, float("nan"))
+        for r, d in zip(stage.candidate_rows, result.distance_to_selection, strict=True):
+            distance[embedded.filenames[r]] = float(d)
+        dup_of, pooled, excluded = explain.status_maps(embedded, stage)
         table = build_selection_table(
-            listed,
-            embedded.filenames,
-            result.indices,
-            result.pick_distances,
-            result.distance_to_selection,
-            embedded.corrupt,
+            explain.all_samples(embedded),
+            picked_ids,
+            result.objective,
+            result.contributions,
+            distance,
+            SampleStatus([n for n, _ in embedded.corrupt], dup_of, pooled, excluded),
         )
         atomic_write_text(output_dir / "selection.csv", table.to_csv())
         atomic_write_text(output_dir / "corrupt.csv", corrupt_csv(embedded.corrupt))
+        dup_rows = explain.duplicate_rows(embedded, stage)
+        atomic_write_text(
+            output_dir / "duplicates.csv",
+            duplicates_csv((d.filename, d.original, d.kind, d.distance) for d in dup_rows),
+        )
+        atomic_write_text(output_dir / "input_problems.csv", problems_csv(problems))
         write_embeddings(output_dir, embedded.filenames, embedded.embeddings)
-        picks = [(rank, embedded.filenames[i]) for rank, i in enumerate(result.indices.tolist(), 1)]
-        with progress.stage("thumbnails", len(picks)) as stage:
+        refs = embedded.refs or [SampleRef.image(n) for n in embedded.filenames]
+        picks = [(rank, refs[r]) for rank, r in enumerate(picked.tolist(), 1)]
+        with progress.stage("thumbnails", len(picks)) as bar:
             thumbs = []
             for start in range(0, len(picks), 256):
-                chunk = _thumbnails(input_dir, picks[start : start + 256], settings.decode_workers)
-                thumbs += chunk
-                stage.advance(len(picks[start : start + 256]))
+                thumbs += _thumbnails(
+                    input_dir, picks[start : start + 256], settings.decode_workers
+                )
+                bar.advance(len(picks[start : start + 256]))
         replace_dir(
             output_dir / "thumbnails",
             ((thumbnail_name(t.rank, t.filename), t.jpeg) for t in thumbs),
@@ -252,36 +328,29 @@ def run_selection(run: SelectionRun, settings: RunSettings, progress: Progress) 
 
     summary = RunSummary(
         output=output_dir,
-        listed=len(listed),
+        listed=len(plan.files),
         embedded=len(embedded.filenames),
         corrupt=len(embedded.corrupt),
-        selected=len(result.indices),
+        selected=len(picked),
         stop_reason=result.stop_reason,
     )
     counts = {
         "listed": summary.listed,
         "decoded": summary.embedded,
         "corrupt": summary.corrupt,
+        "duplicates": n_dups,
+        "pooled": int(stage.pooled.sum()),
         "selected": summary.selected,
     }
     with timer("report"):
         rank = np.zeros(len(embedded.filenames), dtype=np.int64)
-        rank[result.indices] = np.arange(1, len(result.indices) + 1)
-        strategy_text = (
-            "diversity (k-center greedy), "
-            + (
-                f"nSamples={sel.n_samples}"
-                if sel.n_samples is not None
-                else f"proportion={sel.proportion:g}"
-            )
-            + (f", minDistance={min_distance:g}" if min_distance else "")
-        )
+        rank[picked] = np.arange(1, len(picked) + 1)
         html = render_report(
             ReportData(
                 run_name=run.metadata.name,
                 created=started.isoformat(timespec="seconds"),
                 model=model_desc,
-                strategy_summary=strategy_text,
+                strategy_summary=explain.strategy_summary(sel),
                 counts=counts,
                 timings=dict(timer.timings),
                 filenames=embedded.filenames,
@@ -290,10 +359,23 @@ def run_selection(run: SelectionRun, settings: RunSettings, progress: Progress) 
                 thumbnails=thumbs[:REPORT_THUMBNAILS],
                 corrupt=embedded.corrupt,
                 stop_reason=result.stop_reason,
-                min_distance_curve=[float(d) for d in result.pick_distances[1:]],
+                min_distance_curve=explain.coverage_curve(embedded.embeddings[picked]),
+                distributions=explain.distributions(sel, values, stage),
+                duplicates=dup_rows,
+                strategy_effects=explain.strategy_effects(sel, stage),
+                input_problems=problems,
             )
         )
         atomic_write_text(output_dir / "report.html", html)
+    if stage.pool is not None and len(picked):
+        # last: the pool only learns of picks whose artifacts are safely written
+        new = save_pool(output_dir, stage.pool, picked_ids, embedded.embeddings[picked])
+        log.info(
+            "datapool %r now holds %d samples (generation %d)",
+            new.name,
+            len(new.ids),
+            new.generation,
+        )
     summary.timings = dict(timer.timings)
     run_info: dict[str, Any] = {
         "apiVersion": run.api_version,
@@ -307,14 +389,17 @@ def run_selection(run: SelectionRun, settings: RunSettings, progress: Progress) 
         "model": model_desc,
         "counts": counts,
         "selection": {
-            "requested": k,
+            "requested": stage.requested,
             "selected": summary.selected,
             "stopReason": result.stop_reason,
+            "strategies": explain.strategy_summary(sel),
         },
         "timings": summary.timings,
         "artifacts": [
             "selection.csv",
             "corrupt.csv",
+            "duplicates.csv",
+            "input_problems.csv",
             "embeddings.npy",
             "embeddings.txt",
             "thumbnails/",

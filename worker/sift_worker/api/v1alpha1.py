@@ -459,7 +459,7 @@ class SelectionSpec(SiftModel):
     strategies: list[StrategyEntry] = Field(
         default_factory=list,
         max_length=16,
-        description="Empty: Sift's recommended default for a plain 'pick n' (see docs/selection.md).",
+        description="Empty: the recommended default for a plain 'pick n' (docs/selection.md).",
     )
     remove_duplicates: RemoveDuplicates | None = None
     datapool: Datapool | None = None

@@ -351,7 +351,12 @@ def run_selection(run: SelectionRun, settings: RunSettings, progress: Progress) 
                 created=started.isoformat(timespec="seconds"),
                 model=model_desc,
                 strategy_summary=explain.strategy_summary(sel),
-                counts=counts,
+                counts={  # cards only for features in use; run.json keeps every count
+                    k: v
+                    for k, v in counts.items()
+                    if not (k == "duplicates" and sel.remove_duplicates is None)
+                    and not (k == "pooled" and sel.datapool is None)
+                },
                 timings=dict(timer.timings),
                 filenames=embedded.filenames,
                 points=project_2d(embedded.embeddings),

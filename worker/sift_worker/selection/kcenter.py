@@ -22,6 +22,7 @@ row), so the cost is memory bandwidth. Three things keep it low (docs/kcenter.md
 from __future__ import annotations
 
 import functools
+import logging
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -46,17 +47,26 @@ _EPS = 4e-6  # allowance for float32 rounding of a similarity in pruning bounds
 _CAP = 4096  # most tie candidates settled exactly (more only for floods of duplicates)
 _REORDER_FROM = 16  # first regrouping once this many centres exist
 _REORDER_GAIN = 0.3  # regroup only if about this fraction of rows could then be skipped
+_SERIAL_BYTES = 32 << 20  # steps scanning at most this much run on one thread
 _SQRT2 = math.sqrt(2.0)
 
 FloatArray = npt.NDArray[np.float32]
 
+log = logging.getLogger(__name__)
+
+
+class _BoundError(RuntimeError):
+    """A reduced-precision kernel rounded worse than the bound the scan relies on."""
+
 
 @dataclass(frozen=True)
 class KCenterResult:
+    """Picks in order; distances count ``initial_centers`` as selected too."""
+
     indices: np.ndarray  # (k,) int64, in pick order
     pick_distances: (
         np.ndarray
-    )  # (k,) float32, distance of each pick to earlier picks (inf for the first)
+    )  # (k,) float32, distance of each pick to earlier picks (inf for the first, no pool)
     distance_to_selection: np.ndarray  # (N,) float32, each sample's distance to its nearest pick
     stop_reason: str
 
@@ -116,7 +126,12 @@ def k_center_greedy(
     with _torch_threads(threads), torch.no_grad():
         dev = _resolve_device(device)
         kind = _resolve_precision(precision, dev, n, dim)
-        return _Greedy(embeddings, kind, dev).run(k, min_distance, pool)
+        try:
+            greedy = _Greedy(embeddings, kind, dev)
+        except _BoundError as err:  # never seen; exactness beats speed
+            log.warning("%s; using float32", err)
+            greedy = _Greedy(embeddings, "float32", dev)
+        return greedy.run(k, min_distance, pool)
 
 
 @contextmanager
@@ -259,7 +274,6 @@ class _Greedy:
         )
         self.mean = torch.zeros(self.dim, dtype=torch.float64, device=dev)
         self.flags = torch.zeros(0 if self.exact_scan else self.npad, dtype=torch.bool, device=dev)
-        self.scanned_rows = 0
         self.dense_next = True  # reduced scans: last step flagged too much to be worth it
         self._build()
         if not self.exact_scan:
@@ -310,7 +324,7 @@ class _Greedy:
         self.thr[p0:p1] = err * (1 + u) + u + 1e-5
 
     def _check_error_bound(self) -> None:
-        """Fail loudly if the kernel rounds worse than the bound the scan relies on."""
+        """Refuse a kernel that rounds worse than the bound the scan relies on."""
         rows = min(self.n, 4 * _TILE)
         p1 = -(-rows // _TILE) * _TILE
         exact = torch.from_numpy(_unit_rows(self.raw[:rows])).to(self.dev)
@@ -320,7 +334,7 @@ class _Greedy:
             lowbar = (sims - self.thr[:rows]).to(approx.dtype)
             highbar = (sims + self.thr[:rows]).to(approx.dtype)
             if bool(((approx < lowbar) | (approx > highbar)).any()):
-                raise RuntimeError(f"{self.kind} kernel exceeds its rounding bound on {self.dev}")
+                raise _BoundError(f"{self.kind} kernel exceeds its rounding bound on {self.dev}")
 
     def _query(self, centre: torch.Tensor) -> torch.Tensor:
         q = centre.to(self.query_dtype)
@@ -382,7 +396,8 @@ class _Greedy:
             else:
                 if self.n_anchors >= self.next_reorder:
                     self._maybe_reorder()
-                found = self._farthest(min_distance)
+                with _torch_threads(1):
+                    found = self._farthest(min_distance)
                 if found is None or found[1] <= 0.0:
                     reason = (
                         f"all remaining samples duplicate the selection after {len(picks)} samples"
@@ -466,11 +481,11 @@ class _Greedy:
         self.anchors[:m] = torch.from_numpy(unit).to(self.dev)
         self.n_anchors = m
         centres = self.anchors[:m]
-        step = max(_TILE, min(_CHUNK_TILES * _TILE, (1 << 22) // m // _TILE * _TILE))
+        step = max(_TILE, min(16 * _TILE, (1 << 22) // m // _TILE * _TILE))  # <= 16M floats
         for p0 in range(0, self.n, step):
             p1 = min(p0 + step, self.n)
             rows = self.store[p0:p1] if self.exact_scan else self._exact_rows(p0, p1)
-            best, arg = (rows.float() @ centres.T).max(dim=1)
+            best, arg = (rows @ centres.T).max(dim=1)
             self.maxsim[p0:p1] = best
             self.assign[p0:p1] = arg.to(torch.int32)
         if not self.exact_scan:
@@ -492,7 +507,20 @@ class _Greedy:
         self.assign[pos] = aid
         if not self.exact_scan:
             self.lowbar[pos] = math.inf
-        runs = self._runs(centre)
+        # bookkeeping and pruned steps are small ops: waking a second thread for each
+        # costs more than it saves (the worker's threads sleep between ops)
+        with _torch_threads(1):
+            runs = self._runs(centre)
+        rows = sum(t1 - t0 for t0, t1 in runs) * _TILE
+        small = rows * self.pad_dim * self.store.element_size() <= _SERIAL_BYTES
+        with _torch_threads(1 if small else None):
+            self._scan_runs(centre, aid, runs)
+        with _torch_threads(1):
+            for t0, t1 in runs:
+                self._refresh_tiles(t0, t1)
+
+    def _scan_runs(self, centre: torch.Tensor, aid: int, runs: list[tuple[int, int]]) -> None:
+        """Update min-distances over the active tile runs, by the cheapest exact route."""
         chunk = _CHUNK_TILES * _TILE
         if self.exact_scan:
             q = self._query(centre)
@@ -508,9 +536,6 @@ class _Greedy:
             self.dense_next = self.n_anchors % 8 != 0  # now and then, try the scan again
         else:
             self._scan_and_recheck(centre, aid, runs)
-        self.scanned_rows += sum(t1 - t0 for t0, t1 in runs) * _TILE
-        for t0, t1 in runs:
-            self._refresh_tiles(t0, t1)
 
     def _scan_and_recheck(
         self, centre: torch.Tensor, aid: int, runs: list[tuple[int, int]]

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from sift_worker.outputs import _umask
+from sift_worker.outputs import current_umask
 
 POOLS_DIR = "datapools"
 CURRENT = "CURRENT"
@@ -287,7 +287,7 @@ def save_pool(
             _write_durable(staging / "embeddings.npy", embeddings)
             _write_durable(staging / "ids.txt", "".join(f"{i}\n" for i in ids).encode("utf-8"))
             _write_durable(staging / "pool.json", (json.dumps(meta, indent=2) + "\n").encode())
-            os.chmod(staging, 0o777 & ~_umask())  # mkdtemp's 0700 would hide the pool
+            os.chmod(staging, 0o777 & ~current_umask())  # mkdtemp's 0700 would hide the pool
             _fsync(staging)
             target = pool_dir / gen
             if target.exists():  # left by a crash between rename and switch: never committed

@@ -25,7 +25,7 @@ class Embedded:
     filenames: list[str]  # sample ids, row-aligned with embeddings
     embeddings: np.ndarray  # (N, D) float32
     corrupt: list[tuple[str, str]] = field(default_factory=list)  # (sample id or file, reason)
-    refs: list[SampleRef] = field(default_factory=list)  # row-aligned; empty for a user file
+    refs: list[SampleRef] = field(default_factory=list)  # row-aligned with filenames
 
 
 class _Rows:

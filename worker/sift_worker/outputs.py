@@ -25,7 +25,8 @@ SELECTION_HEAD = ("filename", "selected", "rank", "objective")
 SELECTION_TAIL = ("distance_to_selection", "status", "duplicate_of")
 
 
-def _umask() -> int:
+def current_umask() -> int:
+    """The process umask (reading it means setting it, so put it straight back)."""
     mask = os.umask(0)
     os.umask(mask)
     return mask
@@ -37,7 +38,9 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would hide results from the user's group
+        os.chmod(
+            tmp, 0o666 & ~current_umask()
+        )  # mkstemp's 0600 would hide results from the user's group
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -167,7 +170,7 @@ def thumbnail_name(rank: int, filename: str) -> str:
 def replace_dir(target: Path, files: Iterable[tuple[str, bytes]]) -> None:
     """Fill a fresh sibling directory, then swap it in: no stale files from earlier runs."""
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
-    os.chmod(staging, 0o777 & ~_umask())
+    os.chmod(staging, 0o777 & ~current_umask())
     try:
         for name, data in files:
             (staging / name).write_bytes(data)

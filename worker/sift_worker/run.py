@@ -240,10 +240,9 @@ def _select(
     settings: RunSettings,
 ) -> tuple[SelectStage, dict[str, Any], list[InputProblem]]:
     spec = run.spec
-    refs = embedded.refs or [SampleRef.image(n) for n in embedded.filenames]
     try:
         values, problems = build_values(
-            input_dir, refs, plan.files, spec.input, spec.selection, plan.predictions
+            input_dir, embedded.refs, plan.files, spec.input, spec.selection, plan.predictions
         )
         stage = run_select_stage(
             embedded,
@@ -312,8 +311,7 @@ def run_selection(run: SelectionRun, settings: RunSettings, progress: Progress) 
         )
         atomic_write_text(output_dir / "input_problems.csv", problems_csv(problems))
         write_embeddings(output_dir, embedded.filenames, embedded.embeddings)
-        refs = embedded.refs or [SampleRef.image(n) for n in embedded.filenames]
-        picks = [(rank, refs[r]) for rank, r in enumerate(picked.tolist(), 1)]
+        picks = [(rank, embedded.refs[r]) for rank, r in enumerate(picked.tolist(), 1)]
         with progress.stage("thumbnails", len(picks)) as bar:
             thumbs = []
             for start in range(0, len(picks), 256):

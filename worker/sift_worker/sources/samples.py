@@ -244,6 +244,16 @@ Work = Callable[[Producer], None]
 """A job: produces its samples in order through the Producer, one slot per sample."""
 
 
+def check_sampling(size: int, every_n: int, max_frames: int | None) -> None:
+    """Refuse bad sampling arguments eagerly, before a lazy stream hides the mistake."""
+    if size < 1:
+        raise ValueError(f"size must be positive, got {size}")
+    if every_n < 1:
+        raise ValueError(f"every_n must be positive, got {every_n}")
+    if max_frames is not None and max_frames < 0:
+        raise ValueError(f"max_frames must not be negative, got {max_frames}")
+
+
 def iter_decoded_samples(
     root: Path,
     refs_or_files: Iterable[str | SampleRef],
@@ -272,14 +282,9 @@ def iter_decoded_samples(
     the one the consumer holds until it asks for the next). A ref with both a frame and a
     box raises ValueError at its position: objects in video frames are not supported yet.
     """
-    if size < 1:
-        raise ValueError(f"size must be positive, got {size}")
+    check_sampling(size, every_n, max_frames)
     if window < 1:
         raise ValueError(f"window must be positive, got {window}")
-    if every_n < 1:
-        raise ValueError(f"every_n must be positive, got {every_n}")
-    if max_frames is not None and max_frames < 0:
-        raise ValueError(f"max_frames must not be negative, got {max_frames}")
     works = _plan(root, refs_or_files, size, every_n, max_frames, max_pixels)
     return _stream(works, workers=max(1, workers), window=window)
 

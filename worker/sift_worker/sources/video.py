@@ -37,6 +37,7 @@ from sift_worker.sources.samples import (
     Decoded,
     Producer,
     SampleRef,
+    check_sampling,
     fit,
     resample,
     to_jpeg,
@@ -73,12 +74,7 @@ def iter_video_frames(
     stops there. A broken file ends the iteration with one ``(SampleRef.image(name),
     CorruptImage)`` item; memory does not grow with the video's length.
     """
-    if size < 1:
-        raise ValueError(f"size must be positive, got {size}")
-    if every_n < 1:
-        raise ValueError(f"every_n must be positive, got {every_n}")
-    if max_frames is not None and max_frames < 0:
-        raise ValueError(f"max_frames must not be negative, got {max_frames}")
+    check_sampling(size, every_n, max_frames)
     file = Path(path).as_posix() if name is None else name
     return _samples(Path(path), SampleRef.image(file), size, every_n, max_frames, None, max_pixels)
 

@@ -561,6 +561,9 @@ class SelectionRunSpec(SiftModel):
 # --- status (written by the operator only) ---
 
 Phase = Literal["Pending", "Queued", "Running", "Succeeded", "Failed"]
+Timestamp = Annotated[
+    str, StringConstraints(max_length=64), Field(json_schema_extra={"format": "date-time"})
+]
 
 
 class Condition(SiftModel):
@@ -575,9 +578,7 @@ class Condition(SiftModel):
         ),
     ]
     message: Annotated[str, StringConstraints(max_length=32768)] = ""
-    last_transition_time: Annotated[
-        str, StringConstraints(max_length=64), Field(json_schema_extra={"format": "date-time"})
-    ]
+    last_transition_time: Timestamp
     observed_generation: int | None = Field(None, ge=0)
 
 
@@ -585,6 +586,7 @@ class Progress(SiftModel):
     stage: Annotated[str, StringConstraints(max_length=63)]
     done: int = Field(ge=0)
     total: int | None = Field(None, ge=0)
+    percent: int | None = Field(None, ge=0, le=100, description="floor(100 * done / total).")
 
 
 class RunResult(SiftModel):
@@ -600,6 +602,8 @@ class SelectionRunStatus(SiftModel):
 
     phase: Phase | None = None
     observed_generation: int | None = Field(None, ge=0)
+    start_time: Timestamp | None = Field(None, description="When the worker pod started running.")
+    completion_time: Timestamp | None = Field(None, description="When the run succeeded or failed.")
     progress: Progress | None = None
     result: RunResult | None = None
     conditions: list[Condition] = Field(

@@ -1,0 +1,74 @@
+"""The worker's config: the SelectionRun manifest the worker runs, as a ConfigMap.
+
+Only the spec (with defaults filled in) and the run's name, namespace and uid go in:
+never the parent's annotations (``kubectl.kubernetes.io/last-applied-configuration``
+and friends), never its status. The spec itself can only *name* Secrets
+(``credentialsSecret``, ``tokenSecret``); their values are read by the operator and
+never reach the worker's config. PersistentVolumeClaims are mounted by the Job, so
+their locations are rewritten to the mount paths the worker sees.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from collections.abc import Mapping
+from typing import Any
+
+import yaml
+from sift_worker.api.v1alpha1 import API_VERSION, KIND, SelectionRunSpec
+
+from sift_operator.children.common import (
+    GENERATION_ANNOTATION,
+    Obj,
+    child_metadata,
+    generation,
+    identity,
+    parse_spec,
+)
+
+CONFIG_KEY = "run.yaml"
+CONFIG_DIR = "/etc/sift"
+CONFIG_PATH = f"{CONFIG_DIR}/{CONFIG_KEY}"
+MOUNT_ROOT = "/mnt/sift"
+
+
+def claim_mount_path(role: str) -> str:
+    """Where the claim of the ``input`` or ``output`` location is mounted."""
+    return f"{MOUNT_ROOT}/{role}"
+
+
+def _in_mount(role: str, path: str) -> str:
+    # normpath of an absolute path cannot climb above "/": "../../etc" stays in the claim
+    inner = posixpath.normpath("/" + path).lstrip("/")
+    base = claim_mount_path(role)
+    return f"{base}/{inner}" if inner else base
+
+
+def worker_spec(spec: SelectionRunSpec) -> dict[str, Any]:
+    """The spec as the worker gets it: claims replaced by their mount paths."""
+    doc: dict[str, Any] = spec.model_dump(by_alias=True, exclude_none=True, mode="json")
+    for role in ("input", "output"):
+        volume = doc["datasource"][role].get("volume")
+        if volume is not None and "claimName" in volume:
+            doc["datasource"][role]["volume"] = {"path": _in_mount(role, volume["path"])}
+    return doc
+
+
+def worker_manifest(run: Mapping[str, Any]) -> dict[str, Any]:
+    name, namespace, uid = identity(run)
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "metadata": {"name": name, "namespace": namespace, "uid": uid},
+        "spec": worker_spec(parse_spec(run)),
+    }
+
+
+def build_config_map(run: Mapping[str, Any]) -> Obj:
+    text = yaml.safe_dump(worker_manifest(run), sort_keys=False, width=100)
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": child_metadata(run, annotations={GENERATION_ANNOTATION: str(generation(run))}),
+        "data": {CONFIG_KEY: text},
+    }

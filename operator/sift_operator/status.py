@@ -1,0 +1,385 @@
+"""The run's status from what is observed: a pure function, so it can be tested and trusted.
+
+``desired_status`` is level-based: it reads the owned Job, its pods and what the
+handler found (problems, the concurrency queue, progress), and returns the complete
+``.status``. Conditions are the contract; ``phase`` summarises them for printer columns.
+A finished run stays finished even after its Job is garbage-collected (TTL).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sift_worker.api.v1alpha1 import Progress, RunResult, SelectionRunStatus
+
+from sift_operator import conditions as conds
+from sift_operator.children.common import KUEUE_QUEUE_LABEL
+
+MAX_CONDITIONS = 16
+IMAGE_PULL_WAITING = frozenset(
+    {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"}
+)
+CONFIG_WAITING = frozenset({"CreateContainerConfigError", "CreateContainerError"})
+_JOB_FAILURE_REASONS = {
+    "BackoffLimitExceeded": conds.BACKOFF_LIMIT_EXCEEDED,
+    "DeadlineExceeded": conds.DEADLINE_EXCEEDED,
+    # the only FailJob rule of the pod failure policy is the worker's config-error exit code
+    "PodFailurePolicy": conds.CONFIG_ERROR,
+}
+_FAILURE_MESSAGES = {
+    conds.BACKOFF_LIMIT_EXCEEDED: "the worker pod failed more often than backoffLimit allows",
+    conds.DEADLINE_EXCEEDED: "the run took longer than activeDeadlineSeconds",
+    conds.CONFIG_ERROR: "the worker refused the spec (config error exit code); see its log",
+    conds.JOB_FAILED: "the worker Job failed",
+}
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Something that holds the run back, found by the handler or in the pods."""
+
+    reason: str  # CamelCase, part of the API (docs/operator.md)
+    message: str  # never a secret, token or signed URL (scrubbed again anyway)
+
+
+@dataclass(frozen=True)
+class Observed:
+    generation: int
+    job: Mapping[str, Any] | None
+    pods: Sequence[Mapping[str, Any]] = ()
+    waiting_for_slot: bool = False
+    problems: Sequence[Problem] = ()
+    egress: str = conds.EGRESS_NETWORK_POLICY
+    progress: Mapping[str, Any] | None = None
+    result: Mapping[str, Any] | None = None
+    spec_change_ignored: bool = False
+
+
+# --- reading Jobs and Pods ---
+
+
+def _job_conditions(job: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    return conds.by_type((job.get("status") or {}).get("conditions"))
+
+
+def _true(conds: Mapping[str, Mapping[str, Any]], type_: str) -> Mapping[str, Any] | None:
+    cond = conds.get(type_)
+    return cond if cond is not None and cond.get("status") == "True" else None
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    succeeded: bool
+    reason: str
+    message: str
+    time: str | None
+
+
+def job_outcome(job: Mapping[str, Any] | None) -> _Outcome | None:
+    """The Job's final outcome, once the Job controller has decided it."""
+    if job is None:
+        return None
+    found = _job_conditions(job)
+    done = _true(found, "Complete") or _true(found, "SuccessCriteriaMet")
+    if done is not None:
+        when = (job.get("status") or {}).get("completionTime") or done.get("lastTransitionTime")
+        return _Outcome(True, conds.JOB_COMPLETE, "the worker finished", when)
+    failed = _true(found, "Failed") or _true(found, "FailureTarget")
+    if failed is not None:
+        reason = _JOB_FAILURE_REASONS.get(str(failed.get("reason")), conds.JOB_FAILED)
+        detail = conds.sanitize(str(failed.get("message") or ""), 400)
+        message = _FAILURE_MESSAGES[reason] + (f": {detail}" if detail else "")
+        return _Outcome(False, reason, message, failed.get("lastTransitionTime"))
+    return None
+
+
+def job_suspended(job: Mapping[str, Any]) -> bool:
+    if (job.get("spec") or {}).get("suspend"):
+        return True
+    return _true(_job_conditions(job), "Suspended") is not None
+
+
+def _finished(pod: Mapping[str, Any]) -> bool:
+    return (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed")
+
+
+def _running_since(pods: Sequence[Mapping[str, Any]]) -> list[str]:
+    times = []
+    for pod in pods:
+        status = pod.get("status") or {}
+        if status.get("phase") != "Running":
+            continue
+        for cs in status.get("containerStatuses") or ():
+            started = ((cs.get("state") or {}).get("running") or {}).get("startedAt")
+            if started:
+                times.append(str(started))
+        if status.get("startTime"):
+            times.append(str(status["startTime"]))
+    return sorted(times)
+
+
+def pod_problems(pods: Sequence[Mapping[str, Any]]) -> list[Problem]:
+    """Why the Job's pods are not starting: unschedulable, image pull, container config."""
+    found: list[Problem] = []
+    for pod in pods:
+        if _finished(pod):
+            continue
+        status = pod.get("status") or {}
+        name = (pod.get("metadata") or {}).get("name", "the worker pod")
+        for cond in status.get("conditions") or ():
+            if (
+                cond.get("type") == "PodScheduled"
+                and cond.get("status") == "False"
+                and cond.get("reason") == "Unschedulable"
+            ):
+                detail = cond.get("message") or "no node fits"
+                found.append(
+                    Problem(conds.UNSCHEDULABLE, f"pod {name} cannot be scheduled: {detail}")
+                )
+        statuses = [
+            *(status.get("initContainerStatuses") or ()),
+            *(status.get("containerStatuses") or ()),
+        ]
+        for cs in statuses:
+            waiting = (cs.get("state") or {}).get("waiting") or {}
+            why = str(waiting.get("reason") or "")
+            detail = str(waiting.get("message") or why)
+            if why in IMAGE_PULL_WAITING:
+                image = cs.get("image") or ""
+                found.append(
+                    Problem(
+                        conds.IMAGE_PULL_FAILED, f"pod {name}: cannot pull image {image}: {detail}"
+                    )
+                )
+            elif why in CONFIG_WAITING:
+                found.append(Problem(conds.CONTAINER_CONFIG_ERROR, f"pod {name}: {detail}"))
+    return found
+
+
+# --- the status ---
+
+
+def _percent(done: int, total: int | None) -> int | None:
+    if not total:
+        return None
+    return max(0, min(100, math.floor(100 * done / total)))
+
+
+def _progress(observed: Mapping[str, Any] | None, old: Any) -> dict[str, Any] | None:
+    source = observed if observed is not None else old
+    if not isinstance(source, Mapping) or "stage" not in source:
+        return None
+    done = max(0, int(source.get("done") or 0))
+    total = source.get("total")
+    total = max(0, int(total)) if total is not None else None
+    out: dict[str, Any] = {"stage": conds.sanitize(str(source["stage"]), 63), "done": done}
+    if total is not None:
+        out["total"] = total
+    percent = _percent(done, total)
+    if percent is not None:
+        out["percent"] = percent
+    Progress.model_validate(out)
+    return out
+
+
+def _result(observed: Mapping[str, Any] | None, old: Any) -> dict[str, Any] | None:
+    source = observed if observed is not None else old
+    if not isinstance(source, Mapping) or "selected" not in source:
+        return None
+    out: dict[str, Any] = {
+        k: max(0, int(source.get(k) or 0)) for k in ("selected", "total", "corrupt", "duplicates")
+    }
+    if source.get("artifacts"):
+        out["artifacts"] = conds.sanitize(str(source["artifacts"]), 2048)
+    RunResult.model_validate(out)
+    return out
+
+
+def _result_text(result: Mapping[str, Any] | None) -> str:
+    if not result:
+        return ""
+    return (
+        f": selected {result['selected']} of {result['total']} samples "
+        f"({result['corrupt']} corrupt, {result['duplicates']} duplicates)"
+    )
+
+
+_EGRESS_TEXT = {
+    conds.EGRESS_NETWORK_POLICY: "a NetworkPolicy limits egress to DNS, the operator, the results "
+    "API and storage (enforced where the CNI enforces NetworkPolicy), plus the worker's "
+    "in-process allowlist",
+    conds.EGRESS_NETWORK_POLICY_AND_CILIUM: "a NetworkPolicy and a CiliumNetworkPolicy (toFQDNs) "
+    "limit egress to DNS, the operator, the results API and storage, plus the worker's "
+    "in-process allowlist",
+}
+
+
+def is_terminal(status: Mapping[str, Any] | None) -> bool:
+    """Succeeded or Failed: the run is over; its Job must never be created again."""
+    return conds.is_true(status, conds.SUCCEEDED) or conds.is_true(status, conds.FAILED)
+
+
+def phase_of(conditions: Sequence[Mapping[str, Any]]) -> str:
+    status = {"conditions": list(conditions)}
+    for type_ in (conds.FAILED, conds.SUCCEEDED, conds.RUNNING, conds.QUEUED):
+        if conds.is_true(status, type_):
+            return type_
+    return "Pending"
+
+
+def _order(c: Mapping[str, Any]) -> tuple[int, str]:
+    type_ = str(c.get("type"))
+    return (conds.ORDER.index(type_) if type_ in conds.ORDER else len(conds.ORDER), type_)
+
+
+def desired_status(run: Mapping[str, Any], observed: Observed, now: datetime) -> dict[str, Any]:
+    old: Mapping[str, Any] = run.get("status") or {}
+    old_conds = conds.by_type(old.get("conditions"))
+    spec = run.get("spec") or {}
+    gen = observed.generation
+    job = observed.job
+
+    def cond(type_: str, status: bool, reason: str, message: str) -> dict[str, Any]:
+        return conds.condition(
+            type_, status, reason, message, generation=gen, now=now, old=old_conds.get(type_)
+        )
+
+    accept = [p for p in observed.problems if p.reason in conds.ACCEPT_PROBLEMS]
+    blockers = [p for p in observed.problems if p.reason not in conds.ACCEPT_PROBLEMS]
+    blockers += pod_problems(observed.pods)
+
+    outcome = job_outcome(job)
+    if is_terminal(old):
+        # decided outcomes never change, even once the Job is gone (TTL) or disagrees
+        was_success = conds.is_true(old, conds.SUCCEEDED)
+        if outcome is None or outcome.succeeded != was_success:
+            kept = old_conds[conds.SUCCEEDED if was_success else conds.FAILED]
+            outcome = _Outcome(
+                was_success,
+                str(kept.get("reason") or conds.JOB_FAILED),
+                str(kept.get("message") or ""),
+                old.get("completionTime"),
+            )
+
+    result = _result(observed.result, old.get("result"))
+    progress = _progress(observed.progress, old.get("progress"))
+
+    # Accepted
+    if accept and outcome is None:
+        accepted = cond(conds.ACCEPTED, False, accept[0].reason, accept[0].message)
+    elif observed.spec_change_ignored:
+        accepted = cond(
+            conds.ACCEPTED,
+            True,
+            conds.SPEC_CHANGE_IGNORED,
+            f"spec changed (generation {gen}) after the Job was created; the Job keeps "
+            "running the spec it started with. Create a new SelectionRun to run the new spec",
+        )
+    else:
+        accepted = cond(conds.ACCEPTED, True, conds.SPEC_VALID, "the spec is valid")
+    is_accepted = accepted["status"] == "True"
+
+    # Queued / Running
+    queued_reason = ""
+    if outcome is None and is_accepted:
+        suspended = job is not None and job_suspended(job)
+        labels = ((job or {}).get("metadata") or {}).get("labels") or {}
+        if job is not None and suspended and KUEUE_QUEUE_LABEL in labels:
+            queued_reason = conds.QUEUED_BY_KUEUE
+        elif observed.waiting_for_slot and (job is None or suspended):
+            queued_reason = conds.WAITING_FOR_SLOT
+        elif (spec.get("suspend") and job is None) or suspended:
+            queued_reason = conds.SUSPENDED
+    queued_text = {
+        conds.QUEUED_BY_KUEUE: f"Kueue holds the Job until LocalQueue "
+        f"{(((job or {}).get('metadata') or {}).get('labels') or {}).get(KUEUE_QUEUE_LABEL, '')} "
+        "admits it",
+        conds.WAITING_FOR_SLOT: "waiting for a slot under the operator's limit of running runs",
+        conds.SUSPENDED: "the run is suspended (spec.suspend); its Job does not start",
+    }
+    if queued_reason:
+        queued = cond(conds.QUEUED, True, queued_reason, queued_text[queued_reason])
+    elif job is not None or outcome is not None:
+        queued = cond(conds.QUEUED, False, conds.ADMITTED, "the Job is admitted")
+    else:
+        queued = cond(conds.QUEUED, False, conds.NOT_QUEUED, "the run is not queued")
+
+    running_since = _running_since(observed.pods)
+    job_ready = int(((job or {}).get("status") or {}).get("ready") or 0)
+    pods_running = bool(running_since) or job_ready > 0
+    if outcome is not None:
+        running = cond(conds.RUNNING, False, conds.FINISHED, "the worker has finished")
+    elif not is_accepted:
+        running = cond(conds.RUNNING, False, conds.NOT_STARTED, "the run is not accepted")
+    elif queued_reason:
+        running = cond(conds.RUNNING, False, conds.NOT_STARTED, "the run is queued")
+    elif pods_running:
+        running = cond(conds.RUNNING, True, conds.PODS_RUNNING, "the worker pod is running")
+    elif blockers:
+        running = cond(conds.RUNNING, False, blockers[0].reason, blockers[0].message)
+    elif job is not None:
+        running = cond(
+            conds.RUNNING, False, conds.JOB_CREATED, "waiting for the worker pod to start"
+        )
+    else:
+        running = cond(conds.RUNNING, False, conds.NOT_STARTED, "the Job is not created yet")
+
+    # Succeeded / Failed
+    if outcome is not None and outcome.succeeded:
+        succeeded = cond(
+            conds.SUCCEEDED, True, outcome.reason, outcome.message + _result_text(result)
+        )
+        failed = cond(conds.FAILED, False, conds.NO_FAILURE, "the run did not fail")
+    elif outcome is not None:
+        succeeded = cond(conds.SUCCEEDED, False, conds.RUN_FAILED, "the run failed")
+        failed = cond(conds.FAILED, True, outcome.reason, outcome.message)
+    else:
+        succeeded = cond(conds.SUCCEEDED, False, conds.NOT_FINISHED, "the run has not finished")
+        failed = cond(conds.FAILED, False, conds.NO_FAILURE, "the run has not failed")
+
+    # EgressRestricted
+    egress = conds.valid_reason(observed.egress, "NoPolicy")
+    if egress in conds.EGRESS_ENFORCED:
+        restricted = cond(conds.EGRESS_RESTRICTED, True, egress, _EGRESS_TEXT[egress])
+    else:
+        restricted = cond(
+            conds.EGRESS_RESTRICTED,
+            False,
+            egress,
+            "no egress policy is in place; only the worker's in-process allowlist applies",
+        )
+
+    managed = [accepted, queued, running, succeeded, failed, restricted]
+    passthrough = [
+        {**c, "message": conds.sanitize(str(c.get("message") or ""))}
+        for t, c in old_conds.items()
+        if t not in conds.MANAGED
+    ]
+    passthrough.sort(key=_order)
+    conditions = (managed + passthrough)[:MAX_CONDITIONS]
+
+    status: dict[str, Any] = {
+        "phase": phase_of(conditions),
+        "observedGeneration": gen,
+        "conditions": conditions,
+    }
+    start = old.get("startTime")
+    if start is None and (pods_running or outcome is not None):
+        job_start = ((job or {}).get("status") or {}).get("startTime")
+        start = (running_since[0] if running_since else None) or job_start or conds.timestamp(now)
+    if start is not None:
+        status["startTime"] = str(start)
+    if outcome is not None:
+        status["completionTime"] = str(
+            old.get("completionTime") or outcome.time or conds.timestamp(now)
+        )
+    if progress is not None:
+        status["progress"] = progress
+    if result is not None:
+        status["result"] = result
+    SelectionRunStatus.model_validate(status)
+    return status

@@ -1,13 +1,16 @@
 """What the API server does to a custom resource, reproduced for tests.
 
 Defaulting, OpenAPI v3 schema validation (jsonschema, draft 4 semantics as in
-Kubernetes) and ``x-kubernetes-validations`` evaluated by a real CEL interpreter.
+Kubernetes) and ``x-kubernetes-validations`` evaluated by a real CEL interpreter,
+including transition rules (``oldSelf``) on updates.
 Lets tests check that the generated CRD refuses exactly what pydantic refuses.
 """
 
 from __future__ import annotations
 
 import copy
+import json
+import re
 from typing import Any
 
 import celpy
@@ -33,20 +36,51 @@ def apply_defaults(schema: Schema, obj: Any) -> Any:
     return obj
 
 
-def cel_errors(schema: Schema, obj: Any, path: str = "") -> list[str]:
+_MISSING = object()
+_OLD_SELF = re.compile(r"\boldSelf\b")
+
+
+def _correlated_items(schema: Schema, old: Any) -> dict[Any, Any]:
+    """Old list items the API server pairs with new ones (map and set lists only)."""
+    if not isinstance(old, list):
+        return {}
+    if schema.get("x-kubernetes-list-type") == "map":
+        keys = schema.get("x-kubernetes-list-map-keys", [])
+        return {tuple(item.get(k) for k in keys): item for item in old if isinstance(item, dict)}
+    if schema.get("x-kubernetes-list-type") == "set":
+        return {json.dumps(item, sort_keys=True): item for item in old}
+    return {}
+
+
+def cel_errors(schema: Schema, obj: Any, path: str = "", old: Any = _MISSING) -> list[str]:
+    """CEL rules as the API server runs them. ``old`` is the stored object on an update:
+    transition rules (those naming ``oldSelf``) run only where an old value correlates,
+    so a create never evaluates them."""
     errors = []
     env = celpy.Environment()
     for rule in schema.get("x-kubernetes-validations", []):
+        activation = {"self": celpy.json_to_cel(obj)}
+        if _OLD_SELF.search(rule["rule"]):
+            if old is _MISSING:
+                continue
+            activation["oldSelf"] = celpy.json_to_cel(old)
         program = env.program(env.compile(rule["rule"]))
-        if not program.evaluate({"self": celpy.json_to_cel(obj)}):
+        if not program.evaluate(activation):
             errors.append(f"{path or '<root>'}: {rule['message']}")
     if isinstance(obj, dict):
         for name, child in schema.get("properties", {}).items():
             if name in obj:
-                errors += cel_errors(child, obj[name], f"{path}.{name}")
+                old_child = old.get(name, _MISSING) if isinstance(old, dict) else _MISSING
+                errors += cel_errors(child, obj[name], f"{path}.{name}", old_child)
     elif isinstance(obj, list) and "items" in schema:
+        pairs = _correlated_items(schema, old)
+        keys = schema.get("x-kubernetes-list-map-keys", [])
         for i, item in enumerate(obj):
-            errors += cel_errors(schema["items"], item, f"{path}[{i}]")
+            if schema.get("x-kubernetes-list-type") == "map" and isinstance(item, dict):
+                old_item = pairs.get(tuple(item.get(k) for k in keys), _MISSING)
+            else:
+                old_item = pairs.get(json.dumps(item, sort_keys=True), _MISSING)
+            errors += cel_errors(schema["items"], item, f"{path}[{i}]", old_item)
     return errors
 
 
@@ -75,3 +109,15 @@ def api_server_errors(schema: Schema, manifest: dict[str, Any]) -> list[str]:
     if errors:
         return errors
     return cel_errors(schema, obj)
+
+
+def api_server_update_errors(
+    schema: Schema, old_manifest: dict[str, Any], new_manifest: dict[str, Any]
+) -> list[str]:
+    """Errors the API server would report for updating ``old_manifest`` to ``new_manifest``."""
+    errors = api_server_errors(schema, new_manifest)
+    if errors:
+        return errors
+    old = apply_defaults(schema, copy.deepcopy(old_manifest))
+    new = apply_defaults(schema, copy.deepcopy(new_manifest))
+    return cel_errors(schema, new, old=old)

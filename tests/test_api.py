@@ -10,9 +10,11 @@ from typing import Any
 
 import pytest
 import yaml
-from k8s_schema import api_server_errors
+from k8s_schema import api_server_errors, api_server_update_errors
 from sift_operator.crd import build_crd, openapi_schema, render_crd_yaml
 from sift_operator.reference import render_reference
+from sift_worker.api.rules import transition_errors
+from sift_worker.api.v1alpha1 import SelectionRunSpec
 from sift_worker.config import ConfigError, load_manifest, parse_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -258,3 +260,63 @@ def test_operator_and_models_import_without_torch() -> None:
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr
+
+
+# (mutation path, new value, the API server's message or None when the update is allowed)
+UPDATES = [
+    ("spec.datasource.input.s3.prefix", "cams/2026-12/", "spec.datasource is immutable"),
+    ("spec.datasource.output.credentialsSecret", "other", "spec.datasource is immutable"),
+    ("spec.input.embeddings.model", "resnet50", "spec.input is immutable"),
+    ("spec.input.embeddings.batchSize", 32, "spec.input is immutable"),
+    ("spec.selection.nSamples", 2000, "spec.selection is immutable"),
+    ("spec.selection.strategies.0.strategy.minDistance", 0.1, "spec.selection is immutable"),
+    ("spec.worker.queueName", "other-queue", "spec.worker.queueName is immutable"),
+    ("spec.worker.queueName", _DELETE, "spec.worker.queueName is immutable"),
+    ("spec.suspend", True, None),
+    ("spec.worker.resources.cpu", "16", None),
+    ("spec.worker.backoffLimit", 5, None),
+    ("spec.worker.image", "registry.example.com/sift-worker:1.0.1", None),
+    ("spec.egress.storageCIDRs", ["52.219.0.0/16", "3.5.0.0/16"], None),
+    ("spec.report.share.embeddings", False, None),
+    ("metadata.labels", {"team": "vision"}, None),
+    ("status", {"phase": "Running"}, None),
+]
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "expected"), UPDATES, ids=[u[0] + "=" + repr(u[1])[:20] for u in UPDATES]
+)
+def test_update_of_immutable_field_refused_mutable_allowed(
+    path: str, value: Any, expected: str | None
+) -> None:
+    old = full_example()
+    new = full_example()
+    _set(new, path, value if value is _DELETE else copy.deepcopy(value))
+    errors = api_server_update_errors(openapi_schema(), old, new)
+    python = transition_errors(
+        SelectionRunSpec,
+        parse_manifest(old).spec,
+        parse_manifest({k: v for k, v in new.items() if k != "status"}).spec,
+    )
+    if expected is None:
+        assert errors == [], errors
+        assert python == []
+    else:
+        assert any(expected in e and e.startswith(".spec:") for e in errors), errors
+        assert any(expected in p for p in python), python
+
+
+def test_adding_a_queue_name_later_is_refused() -> None:
+    old = full_example()
+    del old["spec"]["worker"]["queueName"]
+    new = full_example()
+    assert api_server_errors(openapi_schema(), old) == []
+    errors = api_server_update_errors(openapi_schema(), old, new)
+    assert any("spec.worker.queueName is immutable" in e for e in errors), errors
+
+
+def test_transition_rules_do_not_run_on_create() -> None:
+    schema = openapi_schema()
+    rules = schema["properties"]["spec"]["x-kubernetes-validations"]
+    assert sum("oldSelf" in r["rule"] for r in rules) == 4
+    assert api_server_errors(schema, full_example()) == []

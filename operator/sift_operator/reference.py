@@ -73,9 +73,14 @@ def _sections(path: str, node: Schema, out: list[str]) -> None:
             suffix = "[]" if child.get("type") == "array" else ""
             nested.append((f"{path}.{name}{suffix}", target))
     rules = node.get("x-kubernetes-validations", [])
-    if rules:
+    checks = [r for r in rules if "oldSelf" not in r["rule"]]
+    updates = [r for r in rules if "oldSelf" in r["rule"]]
+    if checks:
         out.append("\nRules (checked by the API server and by `sift-worker` alike):\n")
-        out.extend(f"- {r['message']}" for r in rules)
+        out.extend(f"- {r['message']}" for r in checks)
+    if updates:
+        out.append("\nOn update (checked by the API server):\n")
+        out.extend(f"- {r['message']}" for r in updates)
     out.append("")
     for child_path, child in nested:
         _sections(child_path, child, out)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, get_args
 
 from pydantic import BaseModel
 
@@ -122,3 +122,80 @@ def when_type_forbids(
 def rules_of(model: type[BaseModel]) -> tuple[Rule, ...]:
     rules: tuple[Rule, ...] = getattr(model, "__sift_rules__", ())
     return rules
+
+
+@dataclass(frozen=True)
+class TransitionRule:
+    """A constraint on an *update*: CEL with ``oldSelf``, and the same check in Python.
+
+    The API server evaluates it only when an existing object changes, so a create is
+    never refused by it; ``check(old, new)`` is the Python twin the tests compare with.
+    """
+
+    cel: str
+    message: str
+    check: Callable[[Any, Any], bool]
+    field_path: str | None = None
+
+    def as_validation(self) -> dict[str, str]:
+        validation = {"rule": self.cel, "message": self.message}
+        if self.field_path:
+            validation["fieldPath"] = self.field_path
+        return validation
+
+
+def _submodel(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        found = _submodel(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _get(obj: Any, fields: tuple[str, ...]) -> Any:
+    for field in fields:
+        obj = getattr(obj, field)
+    return obj
+
+
+def immutable(model: type[BaseModel], *fields: str, what: str) -> TransitionRule:
+    """``self.<fields>`` may not change once set at creation (also not be added or removed).
+
+    Every field but the last must always be present (required, or defaulted to ``{}``).
+    ``what`` names the field for people, e.g. ``spec.datasource``.
+    """
+    names: list[str] = []
+    current: type[BaseModel] | None = model
+    for field in fields:
+        if current is None:
+            raise ValueError(f"{'.'.join(fields)}: {field} is not inside a model")
+        names.append(_alias(current, field))
+        info = current.model_fields[field]
+        last_optional = not info.is_required()
+        current = _submodel(info.annotation)
+    path = ".".join(names)
+    if last_optional:
+        cel = (
+            f"has(self.{path}) == has(oldSelf.{path}) && "
+            f"(!has(self.{path}) || self.{path} == oldSelf.{path})"
+        )
+    else:
+        cel = f"self.{path} == oldSelf.{path}"
+    return TransitionRule(
+        cel=cel,
+        message=f"{what} is immutable: create a new SelectionRun to change it",
+        check=lambda old, new: _get(old, fields) == _get(new, fields),
+        field_path=f".{path}",
+    )
+
+
+def transition_rules_of(model: type[BaseModel]) -> tuple[TransitionRule, ...]:
+    rules: tuple[TransitionRule, ...] = getattr(model, "__sift_transition_rules__", ())
+    return rules
+
+
+def transition_errors(model: type[BaseModel], old: BaseModel, new: BaseModel) -> list[str]:
+    """Messages of the transition rules of ``model`` that an update ``old -> new`` breaks."""
+    return [r.message for r in transition_rules_of(model) if not r.check(old, new)]

@@ -23,11 +23,14 @@ from pydantic.alias_generators import to_camel
 
 from sift_worker.api.rules import (
     Rule,
+    TransitionRule,
     at_most_one,
     exactly_one,
+    immutable,
     not_together,
     only_with,
     rules_of,
+    transition_rules_of,
     when_type_forbids,
     when_type_requires,
 )
@@ -93,7 +96,7 @@ M = TypeVar("M", bound=type[BaseModel])
 
 
 def _schema_extra(schema: dict[str, Any], cls: type[BaseModel]) -> None:
-    rules = rules_of(cls)
+    rules: list[Rule | TransitionRule] = [*rules_of(cls), *transition_rules_of(cls)]
     if rules:
         schema["x-kubernetes-validations"] = [r.as_validation() for r in rules]
 
@@ -109,6 +112,7 @@ class SiftModel(BaseModel):
         json_schema_extra=_schema_extra,
     )
     __sift_rules__: ClassVar[tuple[Rule, ...]] = ()
+    __sift_transition_rules__: ClassVar[tuple[TransitionRule, ...]] = ()
 
     @model_validator(mode="after")
     def _check_rules(self) -> SiftModel:
@@ -547,7 +551,13 @@ class EgressSpec(SiftModel):
 
 
 class SelectionRunSpec(SiftModel):
-    """Desired state of a SelectionRun."""
+    """Desired state of a SelectionRun.
+
+    What the run reads, computes and selects (datasource, input, selection) and the
+    Kueue queue that admits it are fixed at creation: the API server refuses an update
+    that changes them. Other fields may change; once the Job exists, such a change is
+    not applied to it (the run says SpecChangeIgnored), except suspend.
+    """
 
     datasource: Datasource
     input: InputSpec
@@ -556,6 +566,14 @@ class SelectionRunSpec(SiftModel):
     worker: WorkerSpec = _default_obj(WorkerSpec)
     egress: EgressSpec = _default_obj(EgressSpec)
     suspend: bool = Field(False, description="Hold the run (its Job stays suspended).")
+
+
+SelectionRunSpec.__sift_transition_rules__ = (
+    immutable(SelectionRunSpec, "datasource", what="spec.datasource"),
+    immutable(SelectionRunSpec, "input", what="spec.input"),
+    immutable(SelectionRunSpec, "selection", what="spec.selection"),
+    immutable(SelectionRunSpec, "worker", "queue_name", what="spec.worker.queueName"),
+)
 
 
 # --- status (written by the operator only) ---

@@ -324,21 +324,22 @@ class Reconciler:
     ) -> tuple[Obj | None, list[Problem], bool]:
         """Create the children; returns (job, problems, waiting_for_slot)."""
         if kueue or spec.suspend or not self.admission.enabled:
-            return await self._create(key, run, cidrs, suspend=kueue or spec.suspend)
+            job, problems = await self._create(key, run, cidrs, suspend=kueue or spec.suspend)
+            return job, problems, False
         async with self.admission.lock:
             waiting = not self.admission.may_run(key, self.views)
-            job, problems, _ = await self._create(key, run, cidrs, suspend=waiting)
+            job, problems = await self._create(key, run, cidrs, suspend=waiting)
             if problems or job is None:
                 self.admission.pending.discard(key)
             return job, problems, waiting
 
     async def _create(
         self, key: Key, run: Obj, cidrs: list[str], *, suspend: bool
-    ) -> tuple[Obj | None, list[Problem], bool]:
+    ) -> tuple[Obj | None, list[Problem]]:
         try:
             children = desired_children(run, self.settings, api_cidrs=cidrs, suspend=suspend)
         except InvalidRunError as exc:
-            return None, [Problem(conds.INVALID_SPEC, str(exc))], False
+            return None, [Problem(conds.INVALID_SPEC, str(exc))]
         job_obj = children.job
         job_obj["metadata"].setdefault("annotations", {})[SPEC_HASH_ANNOTATION] = spec_hash(
             run.get("spec")
@@ -346,7 +347,7 @@ class Reconciler:
         job, problems = await self.create_children(run, children.all())
         if job is not None:
             self.views.job_writes.put(key, job)
-        return job, problems, suspend
+        return job, problems
 
     async def _steer_suspend(
         self, key: Key, run: Obj, spec: SelectionRunSpec, job: Obj

@@ -150,8 +150,16 @@ class JobController:
                     "succeeded": 1,
                     "completionTime": _now(),
                     "conditions": [
-                        _cond("SuccessCriteriaMet", "CompletionsReached", "Reached expected number of succeeded pods"),
-                        _cond("Complete", "CompletionsReached", "Reached expected number of succeeded pods"),
+                        _cond(
+                            "SuccessCriteriaMet",
+                            "CompletionsReached",
+                            "Reached expected number of succeeded pods",
+                        ),
+                        _cond(
+                            "Complete",
+                            "CompletionsReached",
+                            "Reached expected number of succeeded pods",
+                        ),
                     ],
                 }
             },
@@ -180,7 +188,10 @@ class JobController:
                     "active": 0,
                     "ready": 0,
                     "failed": 1,
-                    "conditions": [_cond("FailureTarget", reason, message), _cond("Failed", reason, message)],
+                    "conditions": [
+                        _cond("FailureTarget", reason, message),
+                        _cond("Failed", reason, message),
+                    ],
                 }
             },
             status=True,

@@ -31,11 +31,7 @@ class OperatorProcess:
 
     def start(self) -> OperatorProcess:
         assert self.proc is None or self.proc.poll() is not None, "already running"
-        env = {
-            k: v
-            for k, v in os.environ.items()
-            if not k.startswith(("SIFT_", "KUBERNETES_"))
-        }
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("SIFT_", "KUBERNETES_"))}
         env.update(
             KUBECONFIG=str(self.kubeconfig),
             PYTHONUNBUFFERED="1",

@@ -69,14 +69,19 @@ ACCEPT_PROBLEMS = frozenset({INVALID_SPEC, SECRET_NOT_FOUND, SECRET_KEY_NOT_FOUN
 MAX_MESSAGE = 1024
 _REASON_RE = re.compile(r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$")
 _JWT = re.compile(r"\beyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*")
-_BEARER = re.compile(r"(?i)\b(bearer|token|authorization)([\s:=]+)[^\s,;\"']+")
+_KEY_VALUE = re.compile(
+    r"(?i)\b(authorization|token|password|passwd|secret|api[-_]?key|access[-_]?key|signature)"
+    r"([\"']?\s*[:=]\s*[\"']?)(?:(?:bearer|basic)\s+)?[^\s,;\"'&]+"
+)
+_SCHEME = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]+")
 
 
 def sanitize(message: str, limit: int = MAX_MESSAGE) -> str:
     """A message safe for status and events: no query strings, no tokens, bounded."""
     text = redact(message)
     text = _JWT.sub("<redacted-token>", text)
-    text = _BEARER.sub(lambda m: f"{m.group(1)}{m.group(2)}<redacted>", text)
+    text = _KEY_VALUE.sub(lambda m: f"{m.group(1)}{m.group(2)}<redacted>", text)
+    text = _SCHEME.sub(lambda m: f"{m.group(1)} <redacted>", text)
     text = " ".join(text.split())
     if len(text) > limit:
         text = text[: limit - 3].rstrip() + "..."

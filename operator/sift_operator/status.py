@@ -77,6 +77,7 @@ class _Outcome:
     reason: str
     message: str
     time: str | None
+    kept: bool = False  # taken from the run's status: the message is already complete
 
 
 def job_outcome(job: Mapping[str, Any] | None) -> _Outcome | None:
@@ -263,6 +264,7 @@ def desired_status(run: Mapping[str, Any], observed: Observed, now: datetime) ->
                 str(kept.get("reason") or conds.JOB_FAILED),
                 str(kept.get("message") or ""),
                 old.get("completionTime"),
+                kept=True,
             )
 
     result = _result(observed.result, old.get("result"))
@@ -330,9 +332,8 @@ def desired_status(run: Mapping[str, Any], observed: Observed, now: datetime) ->
 
     # Succeeded / Failed
     if outcome is not None and outcome.succeeded:
-        succeeded = cond(
-            conds.SUCCEEDED, True, outcome.reason, outcome.message + _result_text(result)
-        )
+        text = outcome.message if outcome.kept else outcome.message + _result_text(result)
+        succeeded = cond(conds.SUCCEEDED, True, outcome.reason, text)
         failed = cond(conds.FAILED, False, conds.NO_FAILURE, "the run did not fail")
     elif outcome is not None:
         succeeded = cond(conds.SUCCEEDED, False, conds.RUN_FAILED, "the run failed")

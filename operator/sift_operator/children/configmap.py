@@ -37,11 +37,21 @@ def claim_mount_path(role: str) -> str:
     return f"{MOUNT_ROOT}/{role}"
 
 
-def _in_mount(role: str, path: str) -> str:
-    # normpath of an absolute path cannot climb above "/": "../../etc" stays in the claim
-    inner = posixpath.normpath("/" + path).lstrip("/")
+def claim_sub_path(path: str) -> str:
+    """``path`` inside its claim, normalised; ``normpath`` of an absolute path cannot
+    climb above "/", so "../../etc" stays inside the claim. Empty means the whole claim."""
+    return posixpath.normpath("/" + path).lstrip("/")
+
+
+def claim_worker_path(role: str, path: str) -> str:
+    """The folder the worker reads (input) or writes (output) on a claim.
+
+    The input is mounted read-only *at* its folder (a subPath: nothing else of the claim
+    is visible); the output claim is mounted whole, since its folder may not exist yet.
+    """
+    inner = claim_sub_path(path)
     base = claim_mount_path(role)
-    return f"{base}/{inner}" if inner else base
+    return base if role == "input" or not inner else f"{base}/{inner}"
 
 
 def worker_spec(spec: SelectionRunSpec) -> dict[str, Any]:
@@ -50,7 +60,7 @@ def worker_spec(spec: SelectionRunSpec) -> dict[str, Any]:
     for role in ("input", "output"):
         volume = doc["datasource"][role].get("volume")
         if volume is not None and "claimName" in volume:
-            doc["datasource"][role]["volume"] = {"path": _in_mount(role, volume["path"])}
+            doc["datasource"][role]["volume"] = {"path": claim_worker_path(role, volume["path"])}
     return doc
 
 

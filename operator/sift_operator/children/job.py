@@ -19,7 +19,13 @@ from sift_operator.children.common import (
     parse_spec,
     run_labels,
 )
-from sift_operator.children.configmap import CONFIG_DIR, CONFIG_KEY, CONFIG_PATH, claim_mount_path
+from sift_operator.children.configmap import (
+    CONFIG_DIR,
+    CONFIG_KEY,
+    CONFIG_PATH,
+    claim_mount_path,
+    claim_sub_path,
+)
 from sift_operator.names import child_name
 from sift_operator.settings import OperatorSettings
 
@@ -55,13 +61,13 @@ def cpu_threads(cpu: str) -> int:
     return max(1, min(MAX_THREADS, math.floor(value)))
 
 
-def _claims(spec: SelectionRunSpec) -> list[tuple[str, str, bool]]:
-    """``(role, claimName, readOnly)`` for input/output locations on a PVC."""
+def _claims(spec: SelectionRunSpec) -> list[tuple[str, str, str]]:
+    """``(role, claimName, path in the claim)`` for input/output locations on a PVC."""
     out = []
     for role in ("input", "output"):
         loc: StorageLocation = getattr(spec.datasource, role)
         if loc.volume is not None and loc.volume.claim_name is not None:
-            out.append((role, loc.volume.claim_name, role == "input"))
+            out.append((role, loc.volume.claim_name, loc.volume.path))
     return out
 
 
@@ -103,17 +109,19 @@ def _volumes(
     claims = _claims(spec)
     names = sorted({c for _, c, _ in claims})
     for i, claim in enumerate(names):
-        read_only = all(ro for _, c, ro in claims if c == claim)
+        read_only = all(role == "input" for role, c, _ in claims if c == claim)
         volumes.append(
             {
                 "name": f"claim-{i}",
                 "persistentVolumeClaim": {"claimName": claim, "readOnly": read_only},
             }
         )
-    for role, claim, read_only in claims:
+    for role, claim, path in claims:
         mount: Obj = {"name": f"claim-{names.index(claim)}", "mountPath": claim_mount_path(role)}
-        if read_only:
+        if role == "input":
             mount["readOnly"] = True
+            if claim_sub_path(path):
+                mount["subPath"] = claim_sub_path(path)
         mounts.append(mount)
     return volumes, mounts
 
@@ -122,7 +130,7 @@ def _resources(spec: SelectionRunSpec) -> Obj:
     res = spec.worker.resources
     amounts: dict[str, Any] = {"cpu": res.cpu, "memory": res.memory}
     if res.gpu > 0:
-        amounts[res.gpu_resource_name] = res.gpu
+        amounts[res.gpu_resource_name] = str(res.gpu)
     # requests == limits: Guaranteed QoS, the last pods the kubelet evicts
     return {"requests": dict(amounts), "limits": dict(amounts)}
 

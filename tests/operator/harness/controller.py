@@ -173,8 +173,9 @@ class JobController:
         meta = job["metadata"]
         if exit_code == 3:
             reason = "PodFailurePolicy"
+            pod_name = pod["metadata"]["name"] if pod else "?"
             message = (
-                f"Container worker for pod {meta['namespace']}/{pod['metadata']['name'] if pod else '?'}"
+                f"Container worker for pod {meta['namespace']}/{pod_name}"
                 " failed with exit code 3 matching FailJob rule at index 0"
             )
         else:

@@ -80,6 +80,7 @@ class SiftEmulator(kmock.KubernetesEmulator):
         factory=dict, init=False
     )
     keep_requests: int = 2000
+    creation_time: str | None = None  # a fixed creationTimestamp (tests of ordering ties)
     _rv: Any = attrs.field(factory=lambda: itertools.count(1), init=False)
     _with_status: set[str] = attrs.field(factory=set, init=False)
     _tombstones: list[Any] = attrs.field(factory=list, init=False)
@@ -169,7 +170,7 @@ class SiftEmulator(kmock.KubernetesEmulator):
         meta.update(
             uid=str(uuid.uuid4()),
             resourceVersion=self._next_rv(),
-            creationTimestamp=now_rfc3339(),
+            creationTimestamp=self.creation_time or now_rfc3339(),
             generation=1,
         )
         if plural in self._with_status:

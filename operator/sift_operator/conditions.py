@@ -41,6 +41,7 @@ NOT_QUEUED = "NotQueued"
 
 NOT_STARTED = "NotStarted"
 JOB_CREATED = "JobCreated"
+RETRYING = "Retrying"
 PODS_RUNNING = "PodsRunning"
 UNSCHEDULABLE = "Unschedulable"
 IMAGE_PULL_FAILED = "ImagePullFailed"

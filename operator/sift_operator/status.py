@@ -312,6 +312,7 @@ def desired_status(run: Mapping[str, Any], observed: Observed, now: datetime) ->
 
     running_since = _running_since(observed.pods)
     job_ready = int(((job or {}).get("status") or {}).get("ready") or 0)
+    job_failures = int(((job or {}).get("status") or {}).get("failed") or 0)
     pods_running = bool(running_since) or job_ready > 0
     if outcome is not None:
         running = cond(conds.RUNNING, False, conds.FINISHED, "the worker has finished")
@@ -323,6 +324,15 @@ def desired_status(run: Mapping[str, Any], observed: Observed, now: datetime) ->
         running = cond(conds.RUNNING, True, conds.PODS_RUNNING, "the worker pod is running")
     elif blockers:
         running = cond(conds.RUNNING, False, blockers[0].reason, blockers[0].message)
+    elif job_failures > 0:
+        limit = ((job or {}).get("spec") or {}).get("backoffLimit")
+        running = cond(
+            conds.RUNNING,
+            False,
+            conds.RETRYING,
+            f"the worker pod failed {job_failures} time(s); the Job starts a new one"
+            + (f" (backoffLimit {limit})" if limit is not None else ""),
+        )
     elif job is not None:
         running = cond(
             conds.RUNNING, False, conds.JOB_CREATED, "waiting for the worker pod to start"

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from golden import CANARY, as_stored, assert_golden, example, goldens  # isort: first
+from golden import CANARY, as_stored, assert_golden, example, goldens
 from k8s_schema import api_server_errors
 from sift_operator.conditions import timestamp
 from sift_operator.crd import openapi_schema
@@ -193,6 +193,13 @@ CASES: list[tuple[str, Callable[[], Obj], Observed, str, dict[str, tuple[str, st
         {"Running": ("False", "QuotaExceeded"), "Accepted": ("True", "SpecValid")},
     ),
     (
+        "retrying",
+        run,
+        Observed(1, job(active=1, failed=1), pods=[pod("Failed"), pod()]),
+        "Pending",
+        {"Running": ("False", "Retrying")},
+    ),
+    (
         "running",
         run,
         Observed(
@@ -314,6 +321,10 @@ CASES: list[tuple[str, Callable[[], Obj], Observed, str, dict[str, tuple[str, st
         {"Failed": ("True", "JobFailed")},
     ),
 ]
+
+
+def _observed(case: str) -> Observed:
+    return next(c[2] for c in CASES if c[0] == case)
 
 
 def _render(case: str) -> Obj:
@@ -470,11 +481,11 @@ def test_decided_outcome_never_flips() -> None:
 
 def test_spec_change_ignored_warns_once_per_generation() -> None:
     doc = run(status=_render("running"))
-    s2, e2 = _step(doc, replace(CASES[14][2], generation=2), T0)
+    s2, e2 = _step(doc, replace(_observed("spec-change-ignored"), generation=2), T0)
     assert [(e.type, e.reason) for e in e2] == [("Warning", "SpecChangeIgnored")]
-    _, again = _step(doc, replace(CASES[14][2], generation=2), T0)
+    _, again = _step(doc, replace(_observed("spec-change-ignored"), generation=2), T0)
     assert again == []
-    _, third = _step(doc, replace(CASES[14][2], generation=3), T0)
+    _, third = _step(doc, replace(_observed("spec-change-ignored"), generation=3), T0)
     assert [(e.type, e.reason) for e in third] == [("Warning", "SpecChangeIgnored")]
     assert "generation 2" in s2["conditions"][0]["message"]
 

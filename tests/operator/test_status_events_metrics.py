@@ -6,9 +6,10 @@ from typing import Any
 
 import prometheus_client
 import pytest
-from golden import CANARY  # isort: first
-from sift_operator import metrics
+from golden import CANARY, ROOT
+from sift_operator import conditions, metrics
 from sift_operator.events import EventSpec, transition_events
+from sift_operator.settings import OperatorSettings
 from sift_operator.status import Observed, Problem, desired_status
 from test_status import CASES, T0, _render, job, run
 
@@ -93,6 +94,16 @@ def test_failure_after_running_is_one_warning() -> None:
     events = transition_events(running, failed)
     assert [(e.type, e.reason) for e in events] == [("Warning", "DeadlineExceeded")]
     assert "activeDeadlineSeconds" in events[0].message
+
+
+def test_a_failed_pod_that_is_retried_warns() -> None:
+    running = _render("running")
+    doc = run(status=running)
+    retrying = desired_status(doc, Observed(1, job(active=1, failed=1)), T0)
+    events = transition_events(running, retrying)
+    assert [(e.type, e.reason) for e in events] == [("Warning", "Retrying")]
+    assert retrying["phase"] == "Pending"
+    assert retrying["startTime"] == running["startTime"]
 
 
 def test_reported_transitions_become_events() -> None:
@@ -182,3 +193,28 @@ def test_outcome_counter() -> None:
     assert count("failed") == before_bad + 2
     metrics.RECONCILE_DURATION.observe(0.02)
     assert metrics.REGISTRY.get_sample_value("sift_operator_reconcile_duration_seconds_count")
+
+
+# --- docs/operator.md stays complete ---
+
+DOC = (ROOT / "docs" / "operator.md").read_text()
+B_REASONS = ("ApiHostUnresolved", "CreateFailed", "CiliumUnavailable")  # the handler's problems
+
+
+def test_docs_list_every_condition_and_reason() -> None:
+    values = [
+        v
+        for k, v in vars(conditions).items()
+        if k.isupper() and isinstance(v, str) and k != "REPORTED"
+    ]
+    assert len(values) > 30
+    missing = [v for v in [*values, *B_REASONS] if f"`{v}`" not in DOC]
+    assert missing == [], f"docs/operator.md does not explain {missing}"
+
+
+def test_docs_list_every_metric_and_setting() -> None:
+    for family in metrics.REGISTRY.collect():
+        name = family.name + ("_total" if family.type == "counter" else "")
+        assert f"`{name}`" in DOC, name
+    for field in OperatorSettings.model_fields:
+        assert f"SIFT_{field.upper()}" in DOC, field

@@ -279,3 +279,126 @@ def test_kernel_outside_its_bound_falls_back_to_float32(monkeypatch: pytest.Monk
         k_center_greedy(x, 20, precision="int8").indices.tolist()
         == k_center_greedy(x, 20).indices.tolist()
     )
+
+
+# ---- the C kernels (_scan.c) and the torch route pick the same rows ---------------------
+
+
+def test_native_kernels_are_built_here() -> None:
+    """CI installs with a compiler: the fast path must not silently go missing."""
+    from sift_worker.selection import kcenter
+
+    assert kcenter._NATIVE
+    assert kcenter._scan is not None
+    assert kcenter._scan.simd() in ("avx2", "none")
+
+
+@pytest.mark.parametrize("dim", [1, 7, 8, 13, 64, 130])
+@pytest.mark.parametrize(("p0", "p1"), [(0, 67), (5, 64), (0, 0), (16, 17)])
+def test_f32_update_matches_numpy(dim: int, p0: int, p1: int) -> None:
+    from sift_worker.selection import _scan
+
+    rng = np.random.default_rng(dim)
+    n, ld = 80, dim + 3  # a row stride wider than the row: the kernel must not read the gap
+    x = rng.normal(size=(n, ld)).astype(np.float32)
+    x[:, dim:] = np.nan
+    q = rng.normal(size=dim).astype(np.float32)
+    norms = rng.uniform(0.5, 2, n).astype(np.float32)
+    maxsim = rng.normal(size=n).astype(np.float32)
+    assign = np.arange(n, dtype=np.int32)
+    sims = (x[:, :dim].astype(np.float64) @ q) / norms
+    closer = np.zeros(n, bool)
+    closer[p0:p1] = sims[p0:p1] > maxsim[p0:p1]
+    want_max = np.where(closer, sims, maxsim)
+    want_assign = np.where(closer, 99, assign)
+    _scan.f32_update(x, ld, dim, q, norms, maxsim, assign, 99, p0, p1)
+    np.testing.assert_allclose(maxsim, want_max, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(assign, want_assign)
+
+
+@pytest.mark.parametrize("ld", [16, 64, 24])  # 24: not a multiple of 16 (plain C route)
+def test_i8_scan_values_and_flags_match_numpy(ld: int) -> None:
+    from sift_worker.selection import _scan
+
+    rng = np.random.default_rng(ld)
+    n = 203
+    x = rng.integers(-127, 128, (n, ld), dtype=np.int8)
+    q = rng.integers(-32767, 32768, ld).astype(np.int16)
+    scale_f = rng.uniform(1e-3, 1e-2, n).astype(np.float32)
+    scale = torch.from_numpy(scale_f).to(torch.bfloat16)
+    scale_bits = scale.view(torch.int16).numpy()
+    qscale = 3e-5
+    want = (x.astype(np.int64) @ q.astype(np.int64)) * (scale.float().numpy() * np.float32(qscale))
+    out = np.empty(n - 3, np.float32)
+    assert _scan.i8_scan(x, ld, q, qscale, scale_bits, None, out, None, 3, n) == 0
+    np.testing.assert_allclose(out, want[3:], rtol=1e-6)
+    lowbar = np.quantile(want, 0.8).astype(np.float32) + np.zeros(n, np.float32)
+    pos = np.full(n, -1, np.int64)
+    count = _scan.i8_scan(x, ld, q, qscale, scale_bits, lowbar, None, pos, 0, n)
+    assert pos[:count].tolist() == np.flatnonzero(want >= lowbar).tolist()
+
+
+@pytest.mark.parametrize("dim", [5, 16, 37])
+def test_f32_recheck_matches_numpy(dim: int) -> None:
+    from sift_worker.selection import _scan
+
+    rng = np.random.default_rng(dim)
+    n = 50
+    x = rng.normal(size=(n, dim)).astype(np.float32)
+    norms = np.linalg.norm(x, axis=1).astype(np.float32)
+    q = rng.normal(size=dim).astype(np.float32)
+    q /= np.linalg.norm(q)
+    rows = rng.choice(n, 20, replace=False).astype(np.int64)
+    pos = rng.permutation(n)[:20].astype(np.int64)  # positions differ from input rows
+    maxsim = np.zeros(n, np.float32)
+    assign = np.full(n, -1, np.int32)
+    thr = np.full(n, 0.25, np.float32)
+    lowbar = np.full(n, -9.0, np.float32)
+    sims = (x[rows] @ q) / norms[rows]
+    changed = _scan.f32_recheck(x, dim, dim, q, norms, rows, pos, maxsim, assign, 4, thr, lowbar)
+    up = sims > 0
+    assert changed == int(up.sum())
+    np.testing.assert_allclose(maxsim[pos[up]], sims[up], rtol=1e-5)
+    assert (assign[pos[up]] == 4).all() and (assign[pos[~up]] == -1).all()
+    np.testing.assert_allclose(lowbar[pos[up]], sims[up] - 0.25, atol=1e-6)
+    assert (maxsim[np.setdiff1d(np.arange(n), pos[up])] == 0).all()
+    with pytest.raises(IndexError, match="out of range"):
+        bad = np.array([n], np.int64)
+        _scan.f32_recheck(x, dim, dim, q, norms, bad, bad * 0, maxsim, assign, 4, thr, lowbar)
+
+
+def test_kernels_refuse_short_buffers_by_name() -> None:
+    from sift_worker.selection import _scan
+
+    x = np.zeros((8, 4), np.float32)
+    small = np.zeros(3, np.float32)
+    assign = np.zeros(8, np.int32)
+    with pytest.raises(ValueError, match="maxsim"):
+        _scan.f32_update(x, 4, 4, np.zeros(4, np.float32), None, small, assign, 0, 0, 8)
+    with pytest.raises(ValueError, match="row range"):
+        _scan.f32_update(x, 2, 4, np.zeros(4, np.float32), None, small, assign, 0, 0, 8)
+
+
+@pytest.mark.parametrize("precision", ["float32", "int8"])
+@pytest.mark.parametrize("data", ["clusters", "noise"])
+def test_native_and_torch_routes_pick_the_same(
+    precision: str, data: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sift_worker.selection import kcenter
+
+    rng = np.random.default_rng(11)
+    if data == "noise":
+        x = rng.normal(size=(70_000, 24)).astype(np.float32)
+    else:
+        x = blobs(70_000, 24, 30, 0.3, seed=12)
+    pool = x[rng.choice(len(x), 5, replace=False)] * 1.5
+    got = k_center_greedy(x, 120, precision=precision, threads=2)  # type: ignore[arg-type]
+    got_pool = k_center_greedy(x, 40, precision=precision, initial_centers=pool)  # type: ignore[arg-type]
+    ref, _ = numpy_reference(x[:20_000], 50)
+    assert k_center_greedy(x[:20_000], 50, precision=precision).indices.tolist() == ref.tolist()  # type: ignore[arg-type]
+    monkeypatch.setattr(kcenter, "_NATIVE", False)
+    want = k_center_greedy(x, 120, precision=precision, threads=2)  # type: ignore[arg-type]
+    want_pool = k_center_greedy(x, 40, precision=precision, initial_centers=pool)  # type: ignore[arg-type]
+    assert got.indices.tolist() == want.indices.tolist()
+    assert got_pool.indices.tolist() == want_pool.indices.tolist()
+    assert_same_distances(got.distance_to_selection, want.distance_to_selection)

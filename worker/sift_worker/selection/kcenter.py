@@ -24,7 +24,10 @@ from __future__ import annotations
 import functools
 import logging
 import math
-from collections.abc import Iterator
+import os
+import types
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal
@@ -32,6 +35,12 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 import torch
+
+_scan: types.ModuleType | None
+try:  # the fused C kernels (_scan.c); without a compiler at install, torch ops do the same
+    import sift_worker.selection._scan as _scan
+except ImportError:  # pragma: no cover - depends on the build
+    _scan = None
 
 Precision = Literal["float32", "bfloat16", "float16", "int8", "auto"]
 PRECISIONS: tuple[str, ...] = ("float32", "bfloat16", "float16", "int8", "auto")
@@ -49,6 +58,9 @@ _REORDER_FROM = 16  # first regrouping once this many centres exist
 _REORDER_GAIN = 0.3  # regroup only if about this fraction of rows could then be skipped
 _SERIAL_BYTES = 32 << 20  # steps scanning at most this much run on one thread
 _SQRT2 = math.sqrt(2.0)
+# the C kernels serve CPU scans of float32 and int8 stores (tests switch this off to
+# check that both routes pick the same rows)
+_NATIVE = _scan is not None
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -149,6 +161,25 @@ def _torch_threads(threads: int | None) -> Iterator[None]:
         torch.set_num_threads(old)
 
 
+@functools.lru_cache(maxsize=1)
+def _pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="sift-kcenter")
+
+
+def _split(
+    p0: int, p1: int, work: Callable[[int, int], int], threads: int
+) -> list[tuple[int, int]]:
+    """``(start, work(start, end))`` for tile-aligned parts of rows p0..p1, one per
+    thread (at least 64 tiles each). The C kernels release the GIL; the caller's
+    thread takes the first part."""
+    parts = max(1, min(threads, (p1 - p0) // (64 * _TILE)))
+    step = -(-(p1 - p0) // parts // _TILE) * _TILE
+    bounds = [(a, min(a + step, p1)) for a in range(p0, p1, step)]
+    futures = [(a, _pool().submit(work, a, b)) for a, b in bounds[1:]]
+    first = (p0, work(*bounds[0]))
+    return [first] + [(a, f.result()) for a, f in futures]
+
+
 def _resolve_device(device: str | torch.device | None) -> torch.device:
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -244,11 +275,20 @@ class _Greedy:
         self.pair_anchors = 0
         self.next_reorder = _REORDER_FROM
         self.exact_scan = kind == "float32"
+        self.native = _NATIVE and dev.type == "cpu" and kind in ("float32", "int8")
+        # the input itself, where the float32 kernel can read it in place (exact passes)
+        self.raw_f32 = (
+            raw if self.native and raw.dtype == np.float32 and raw.flags.c_contiguous else None
+        )
         if kind == "int8":
             self.pad_dim = -(-self.dim // 64) * 64
             self.store_dtype = torch.int8
             self.query_dtype = torch.bfloat16
             unit = 2.0**-8
+            if self.native:
+                # an int16 query, as large as int32 sums allow: |c - qs q16| <= sqrt(D) / 2qmax
+                self.qmax = min(32767, (2**31 - 1) // (127 * self.pad_dim))
+                unit = math.sqrt(self.pad_dim) / (2 * self.qmax) * (1 + 1e-3)
         else:
             self.pad_dim = self.dim
             self.store_dtype = {
@@ -263,7 +303,7 @@ class _Greedy:
         self.spare: torch.Tensor | None = None  # reduced store's twin for regrouping
         self.scale = torch.ones(self.npad, dtype=torch.bfloat16, device=dev)
         self.thr = torch.zeros(0 if self.exact_scan else self.npad, dtype=f32, device=dev)
-        out_dtype = f32 if self.exact_scan else self.query_dtype
+        out_dtype = f32 if self.exact_scan or self.native else self.query_dtype
         self.lowbar = torch.full(
             (0 if self.exact_scan else self.npad,), -math.inf, dtype=out_dtype, device=dev
         )
@@ -275,6 +315,10 @@ class _Greedy:
         self.mean = torch.zeros(self.dim, dtype=torch.float64, device=dev)
         self.flags = torch.zeros(0 if self.exact_scan else self.npad, dtype=torch.bool, device=dev)
         self.dense_next = True  # reduced scans: last step flagged too much to be worth it
+        # the C kernels run on their own threads; torch stays on one meanwhile, as idle
+        # OpenMP workers spinning for work would take the cores from them
+        self.threads = torch.get_num_threads()
+        self.kernel_threads = self.threads
         self._build()
         if not self.exact_scan:
             self._check_error_bound()
@@ -337,17 +381,83 @@ class _Greedy:
                 raise _BoundError(f"{self.kind} kernel exceeds its rounding bound on {self.dev}")
 
     def _query(self, centre: torch.Tensor) -> torch.Tensor:
+        if self.native and self.kind == "int8":
+            return self._query16(centre)
         q = centre.to(self.query_dtype)
         if self.pad_dim != self.dim:
             q = torch.nn.functional.pad(q, (0, self.pad_dim - self.dim))
         return q[None]
 
+    def _query16(self, centre: torch.Tensor) -> torch.Tensor:
+        """The centre as int16 (padded), for the C int8 kernel; ``self.qscale`` its scale."""
+        c = torch.nn.functional.pad(centre.float(), (0, self.pad_dim - self.dim))
+        amax = float(c.abs().max())
+        self.qscale = amax / self.qmax if amax > 0 else 1.0
+        q16 = torch.round(c / self.qscale).clamp_(-self.qmax, self.qmax).to(torch.int16)
+        return q16.contiguous()
+
     def _scan(self, q: torch.Tensor, p0: int, p1: int) -> torch.Tensor:
         """Similarities of stored rows p0..p1 to query q (1, D): the bandwidth-bound part."""
         w = self.store[p0:p1]
         if self.kind == "int8":
+            if self.native:
+                out = torch.empty(p1 - p0, dtype=torch.float32)
+                assert _scan is not None
+                _scan.i8_scan(*self._i8_args(q), None, out.numpy(), None, p0, p1)
+                return out
             return torch._weight_int8pack_mm(q, w, self.scale[p0:p1])[0]
         return self._matvec(w, q)
+
+    def _i8_args(self, q16: torch.Tensor) -> tuple[object, ...]:
+        scale = self.scale.view(torch.int16).numpy()
+        return self.store.numpy(), self.pad_dim, q16.numpy(), self.qscale, scale
+
+    def _flag_native(self, q16: torch.Tensor, p0: int, p1: int) -> npt.NDArray[np.int64]:
+        """Positions in p0..p1 whose int8 similarity reaches ``lowbar`` (C kernel, threads)."""
+        assert _scan is not None
+        args = self._i8_args(q16)
+        lowbar = self.lowbar.numpy()
+        pos = np.empty(p1 - p0, np.int64)
+
+        def work(a: int, b: int) -> int:
+            assert _scan is not None
+            return int(_scan.i8_scan(*args, lowbar, None, pos[a - p0 :], a, b))
+
+        parts = _split(p0, p1, work, self.kernel_threads)
+        if len(parts) == 1:
+            return pos[: parts[0][1]]
+        return np.concatenate([pos[a - p0 : a - p0 + c] for a, c in parts])
+
+    def _update_native(
+        self,
+        x: np.ndarray,
+        ld: int,
+        centre: torch.Tensor,
+        aid: int,
+        p0: int,
+        p1: int,
+        norms: np.ndarray | None,
+    ) -> None:
+        """maxsim/assign of rows p0..p1 from rows of x (float32, stride ld): the C kernel."""
+        q = np.ascontiguousarray(centre.numpy(), dtype=np.float32)
+        maxsim, assign = self.maxsim.numpy(), self.assign.numpy()
+
+        def work(a: int, b: int) -> int:
+            assert _scan is not None
+            _scan.f32_update(x, ld, self.dim, q, norms, maxsim, assign, aid, a, b)
+            return 0
+
+        _split(p0, p1, work, self.kernel_threads)
+
+    def _exact_update(self, centre: torch.Tensor, aid: int, p0: int, p1: int) -> None:
+        """Exact float32 update of rows p0..p1 (real rows), from the input rows."""
+        p1 = min(p1, self.n)
+        if self.raw_f32 is not None and self.identity:
+            self._update_native(self.raw_f32, self.dim, centre, aid, p0, p1, self.norms)
+            self.lowbar[p0:p1] = (self.maxsim[p0:p1] - self.thr[p0:p1]).to(self.lowbar.dtype)
+        else:
+            with _torch_threads(self.kernel_threads):
+                self._update(self._exact_sims(centre, p0, p1), aid, p0, p1)
 
     def _matvec(self, w: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
         # oneDNN streams a long row-major matrix ~3x faster than MKL's gemv here
@@ -513,7 +623,8 @@ class _Greedy:
             runs = self._runs(centre)
         rows = sum(t1 - t0 for t0, t1 in runs) * _TILE
         small = rows * self.pad_dim * self.store.element_size() <= _SERIAL_BYTES
-        with _torch_threads(1 if small else None):
+        self.kernel_threads = 1 if small else self.threads
+        with _torch_threads(1 if small or self.native else None):
             self._scan_runs(centre, aid, runs)
         with _torch_threads(1):
             for t0, t1 in runs:
@@ -522,7 +633,11 @@ class _Greedy:
     def _scan_runs(self, centre: torch.Tensor, aid: int, runs: list[tuple[int, int]]) -> None:
         """Update min-distances over the active tile runs, by the cheapest exact route."""
         chunk = _CHUNK_TILES * _TILE
-        if self.exact_scan:
+        if self.exact_scan and self.native:
+            store = self.store.numpy()
+            for t0, t1 in runs:  # one call per run: the kernel streams it at read speed
+                self._update_native(store, self.pad_dim, centre, aid, t0 * _TILE, t1 * _TILE, None)
+        elif self.exact_scan:
             q = self._query(centre)
             for t0, t1 in runs:
                 for p0 in range(t0 * _TILE, t1 * _TILE, chunk):
@@ -532,7 +647,7 @@ class _Greedy:
             for t0, t1 in runs:
                 for p0 in range(t0 * _TILE, min(t1 * _TILE, self.n), chunk):
                     p1 = min(p0 + chunk, t1 * _TILE, self.n)
-                    self._update(self._exact_sims(centre, p0, p1), aid, p0, p1)
+                    self._exact_update(centre, aid, p0, p1)
             self.dense_next = self.n_anchors % 8 != 0  # now and then, try the scan again
         else:
             self._scan_and_recheck(centre, aid, runs)
@@ -546,6 +661,9 @@ class _Greedy:
         count = self.n_anchors < 64  # early on, many rows move: worth checking for dense
         flagged: list[npt.NDArray[np.int64]] = []
         rows = dense = 0
+        if self.native:
+            self._flag_and_recheck_native(q, centre, aid, runs)
+            return
         for t0, t1 in runs:
             r0, r1 = t0 * _TILE, t1 * _TILE
             for p0 in range(r0, r1, chunk):
@@ -559,6 +677,30 @@ class _Greedy:
                     flags.zero_()
                     self._update(self._exact_sims(centre, p0, p1), aid, p0, min(p1, self.n))
             flagged.append(self._nonzero(self.flags[r0:r1]) + r0)
+        self.dense_next = dense * 2 > rows
+        pos = np.concatenate(flagged) if flagged else np.zeros(0, np.int64)
+        if pos.size:
+            self._recheck(centre, aid, pos)
+
+    def _flag_and_recheck_native(
+        self, q16: torch.Tensor, centre: torch.Tensor, aid: int, runs: list[tuple[int, int]]
+    ) -> None:
+        """``_scan_and_recheck`` with the C kernel: it returns flagged positions directly."""
+        chunk = _CHUNK_TILES * _TILE
+        count = self.n_anchors < 64
+        flagged: list[npt.NDArray[np.int64]] = []
+        rows = dense = 0
+        for t0, t1 in runs:
+            r0, r1 = t0 * _TILE, t1 * _TILE
+            for p0 in range(r0, r1, chunk):
+                p1 = min(p0 + chunk, r1)
+                pos = self._flag_native(q16, p0, p1)
+                rows += p1 - p0
+                if count and pos.size * _DENSE > p1 - p0:
+                    dense += p1 - p0
+                    self._exact_update(centre, aid, p0, p1)
+                else:
+                    flagged.append(pos)
         self.dense_next = dense * 2 > rows
         pos = np.concatenate(flagged) if flagged else np.zeros(0, np.int64)
         if pos.size:
@@ -581,6 +723,16 @@ class _Greedy:
     def _recheck(self, centre: torch.Tensor, aid: int, pos_np: npt.NDArray[np.int64]) -> None:
         """Exact float32 similarities for the rows the reduced scan flagged."""
         orig = self.perm[pos_np]
+        if self.raw_f32 is not None and self.lowbar.dtype == torch.float32:
+            assert _scan is not None  # raw_f32 is only kept for the C kernels
+            q = np.ascontiguousarray(centre.numpy())
+            maxsim, assign = self.maxsim.numpy(), self.assign.numpy()
+            thr, lowbar = self.thr.numpy(), self.lowbar.numpy()
+            _scan.f32_recheck(
+                self.raw_f32, self.dim, self.dim, q, self.norms, orig, pos_np,
+                maxsim, assign, aid, thr, lowbar,
+            )  # fmt: skip
+            return
         x = torch.from_numpy(np.take(self.raw, orig, axis=0).astype(np.float32, copy=False))
         norms = torch.from_numpy(self.norms[orig]).to(self.dev)
         sims = (x.to(self.dev) @ centre) / norms  # rows are hot in cache: plain gemv

@@ -1,0 +1,41 @@
+"""Fused k-center scan kernels (``_scan.c``); buffers are C-contiguous arrays."""
+
+def f32_update(
+    x: object,
+    ld: int,
+    dim: int,
+    q: object,
+    norms: object | None,
+    maxsim: object,
+    assign: object,
+    aid: int,
+    p0: int,
+    p1: int,
+) -> None: ...
+def i8_scan(
+    x: object,
+    ld: int,
+    q: object,
+    qscale: float,
+    scale: object,
+    lowbar: object | None,
+    out: object | None,
+    pos: object | None,
+    p0: int,
+    p1: int,
+) -> int: ...
+def f32_recheck(
+    x: object,
+    ld: int,
+    dim: int,
+    q: object,
+    norms: object,
+    rows: object,
+    pos: object,
+    maxsim: object,
+    assign: object,
+    aid: int,
+    thr: object | None,
+    lowbar: object | None,
+) -> int: ...
+def simd() -> str: ...

@@ -620,7 +620,9 @@ class SelectionRunStatus(SiftModel):
 
     phase: Phase | None = None
     observed_generation: int | None = Field(None, ge=0)
-    start_time: Timestamp | None = Field(None, description="When the worker pod started running.")
+    start_time: Timestamp | None = Field(
+        None, description="When the worker pod started running (else when its Job started)."
+    )
     completion_time: Timestamp | None = Field(None, description="When the run succeeded or failed.")
     progress: Progress | None = None
     result: RunResult | None = None

@@ -359,11 +359,12 @@ def test_f32_recheck_matches_numpy(dim: int) -> None:
     up = sims > 0
     assert changed == int(up.sum())
     np.testing.assert_allclose(maxsim[pos[up]], sims[up], rtol=1e-5)
-    assert (assign[pos[up]] == 4).all() and (assign[pos[~up]] == -1).all()
+    assert (assign[pos[up]] == 4).all()
+    assert (assign[pos[~up]] == -1).all()
     np.testing.assert_allclose(lowbar[pos[up]], sims[up] - 0.25, atol=1e-6)
     assert (maxsim[np.setdiff1d(np.arange(n), pos[up])] == 0).all()
+    bad = np.array([n], np.int64)
     with pytest.raises(IndexError, match="out of range"):
-        bad = np.array([n], np.int64)
         _scan.f32_recheck(x, dim, dim, q, norms, bad, bad * 0, maxsim, assign, 4, thr, lowbar)
 
 
@@ -377,6 +378,19 @@ def test_kernels_refuse_short_buffers_by_name() -> None:
         _scan.f32_update(x, 4, 4, np.zeros(4, np.float32), None, small, assign, 0, 0, 8)
     with pytest.raises(ValueError, match="row range"):
         _scan.f32_update(x, 2, 4, np.zeros(4, np.float32), None, small, assign, 0, 0, 8)
+    tiles = np.zeros(2, np.float32)
+    with pytest.raises(ValueError, match="values"):
+        _scan.tile_min(small, 4, tiles, 0, 2)
+
+
+def test_tile_min_matches_numpy() -> None:
+    from sift_worker.selection import _scan
+
+    values = np.random.default_rng(0).normal(size=64).astype(np.float32)
+    out = np.full(8, 99, np.float32)
+    _scan.tile_min(values, 16, out, 1, 4)
+    np.testing.assert_array_equal(out[1:4], values[16:].reshape(3, 16).min(axis=1))
+    assert (out[[0, 4, 5, 6, 7]] == 99).all()
 
 
 @pytest.mark.parametrize("precision", ["float32", "int8"])

@@ -383,6 +383,39 @@ static PyObject *f32_recheck(PyObject *self, PyObject *args) {
     return PyLong_FromSsize_t(changed);
 }
 
+PyDoc_STRVAR(tile_min_doc,
+             "tile_min(values, tile, out, t0, t1)\n"
+             "out[t] = min(values[t * tile : (t + 1) * tile]) for tiles t0..t1 (float32).");
+
+static PyObject *tile_min(PyObject *self, PyObject *args) {
+    PyObject *vo, *oo;
+    Py_ssize_t tile, t0, t1;
+    Py_buffer v[2];
+    if (!PyArg_ParseTuple(args, "OnOnn", &vo, &tile, &oo, &t0, &t1)) return NULL;
+    if (tile < 1 || t0 < 0 || t1 < t0) {
+        PyErr_SetString(PyExc_ValueError, "bad tile range");
+        return NULL;
+    }
+    memset(v, 0, sizeof v);
+    if (get_buf(vo, 0, t1 * tile * 4, "values", &v[0], 0) < 0 ||
+        get_buf(oo, 1, t1 * 4, "out", &v[1], 0) < 0) {
+        release(v, 2);
+        return NULL;
+    }
+    const float *values = v[0].buf;
+    float *out = v[1].buf;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t t = t0; t < t1; t++) {
+        const float *r = values + t * tile;
+        float m = r[0];
+        for (Py_ssize_t i = 1; i < tile; i++) m = r[i] < m ? r[i] : m;  /* vectorises */
+        out[t] = m;
+    }
+    Py_END_ALLOW_THREADS
+    release(v, 2);
+    Py_RETURN_NONE;
+}
+
 static PyObject *simd(PyObject *self, PyObject *unused) {
     return PyUnicode_FromString(have_avx2() ? "avx2" : "none");
 }
@@ -391,6 +424,7 @@ static PyMethodDef methods[] = {
     {"f32_update", f32_update, METH_VARARGS, f32_update_doc},
     {"i8_scan", i8_scan, METH_VARARGS, i8_scan_doc},
     {"f32_recheck", f32_recheck, METH_VARARGS, f32_recheck_doc},
+    {"tile_min", tile_min, METH_VARARGS, tile_min_doc},
     {"simd", simd, METH_NOARGS, "The instruction set the kernels use here: 'avx2' or 'none'."},
     {NULL, NULL, 0, NULL},
 };

@@ -745,6 +745,10 @@ class _Greedy:
         self.lowbar.index_copy_(0, pos, bar.to(self.lowbar.dtype))
 
     def _refresh_tiles(self, t0: int, t1: int) -> None:
+        if self.native:
+            assert _scan is not None
+            _scan.tile_min(self.maxsim.numpy(), _TILE, self.tile_min.numpy(), t0, t1)
+            return
         view = self.maxsim[t0 * _TILE : t1 * _TILE].view(t1 - t0, _TILE)
         torch.amin(view, dim=1, out=self.tile_min[t0:t1])
 
@@ -876,10 +880,43 @@ class _Greedy:
         wins, ties to the lowest input index: the same rule as a float32 numpy loop.
         A lone candidate clear of 0 and of ``min_distance`` keeps its float32 value.
         """
-        best = float(self.tile_min.min())
+        if self.dev.type == "cpu":  # numpy's small ops cost a fraction of torch's
+            found = self._candidates_cpu()
+            if found is None:
+                return None
+            best, pos_np = found
+        else:
+            best = float(self.tile_min.min())
+            if best == math.inf:
+                return None
+            pos_np = self._candidates(best + _TOL)
+        if len(pos_np) == 1:
+            approx = math.sqrt(max(0.0, 2.0 - 2.0 * best))
+            if approx > 0.01 and abs(approx - min_distance) > 1e-4:
+                return int(pos_np[0]), approx
+        dist = self._exact_distance(self._rows_at(pos_np))
+        order = np.lexsort((self.perm[pos_np], -dist))
+        return int(pos_np[order[0]]), float(dist[order[0]])
+
+    def _candidates_cpu(self) -> tuple[float, npt.NDArray[np.int64]] | None:
+        """``_candidates`` in numpy: the best ``maxsim`` and rows within ``_TOL`` of it."""
+        tile_min, maxsim = self.tile_min.numpy(), self.maxsim.numpy()
+        best = float(tile_min.min())
         if best == math.inf:
             return None
         limit = best + _TOL
+        tiles = np.flatnonzero(tile_min <= limit)
+        if tiles.size <= 16:
+            rows = (tiles[:, None] * _TILE + np.arange(_TILE)).ravel()
+            pos = rows[maxsim[rows] <= limit]
+        else:
+            pos = np.flatnonzero(maxsim <= limit)
+        if pos.size > _CAP:
+            pos = pos[np.argsort(maxsim[pos], kind="stable")[:_CAP]]
+        return best, pos.astype(np.int64, copy=False)
+
+    def _candidates(self, limit: float) -> npt.NDArray[np.int64]:
+        """Positions whose ``maxsim`` is at most ``limit`` (at most ``_CAP``, the lowest)."""
         tiles = torch.nonzero(self.tile_min <= limit).flatten()
         if tiles.numel() <= 16:
             rows = tiles[:, None] * _TILE + torch.arange(_TILE, device=self.dev)
@@ -892,14 +929,8 @@ class _Greedy:
         if pos.numel() > _CAP:
             vals, sel = torch.topk(vals, _CAP, largest=False)
             pos = pos[sel]
-        pos_np = pos.cpu().numpy()
-        if len(pos_np) == 1:
-            approx = math.sqrt(max(0.0, 2.0 - 2.0 * best))
-            if approx > 0.01 and abs(approx - min_distance) > 1e-4:
-                return int(pos_np[0]), approx
-        dist = self._exact_distance(self._rows_at(pos_np))
-        order = np.lexsort((self.perm[pos_np], -dist))
-        return int(pos_np[order[0]]), float(dist[order[0]])
+        out: npt.NDArray[np.int64] = pos.cpu().numpy()
+        return out
 
     def _exact_distance(self, unit: torch.Tensor) -> npt.NDArray[np.float64]:
         """min_c |u - c| over centres, with numpy's float32 formula, per row of ``unit``."""

@@ -286,11 +286,22 @@ def test_kernel_outside_its_bound_falls_back_to_float32(monkeypatch: pytest.Monk
 
 def test_native_kernels_are_built_here() -> None:
     """CI installs with a compiler: the fast path must not silently go missing."""
-    from sift_worker.selection import kcenter
+    import platform
+
+    from sift_worker.selection import kcenter, native
 
     assert kcenter._NATIVE
-    assert kcenter._scan is not None
-    assert kcenter._scan.simd() in ("avx2", "none")
+    assert native.kernels is not None
+    want = "avx2" if platform.machine() == "x86_64" and "avx2" in _cpu_flags() else "none"
+    assert native.kernels.simd() == want
+
+
+def _cpu_flags() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return f.read()
+    except OSError:
+        return ""
 
 
 @pytest.mark.parametrize("dim", [1, 7, 8, 13, 64, 130])
@@ -416,3 +427,30 @@ def test_native_and_torch_routes_pick_the_same(
     assert got.indices.tolist() == want.indices.tolist()
     assert got_pool.indices.tolist() == want_pool.indices.tolist()
     assert_same_distances(got.distance_to_selection, want.distance_to_selection)
+
+
+def test_diversity_term_same_with_and_without_the_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The general greedy loop's distance bookkeeping: C kernel and torch gemv agree."""
+    from sift_worker.selection import native, strategies
+
+    rng = np.random.default_rng(4)
+    x = torch.nn.functional.normalize(torch.from_numpy(blobs(150_000, 16, 9, 0.5, seed=4)), dim=1)
+    pool = x[:3] * 1.0
+
+    def distances(kernels: object) -> torch.Tensor:
+        monkeypatch.setattr(native, "kernels", kernels)
+        div = strategies.Diversity(x, pool)
+        assert (div._maxdot is not None) == (kernels is not None)
+        for row in rng.choice(len(x), 6, replace=False).tolist():
+            div.add(row)
+            assert float(div.min_sq[row]) == 0.0  # type: ignore[index]
+        out = div.distances()
+        assert out is not None
+        return out
+
+    rng = np.random.default_rng(4)
+    fast = distances(native.kernels)
+    rng = np.random.default_rng(4)
+    slow = distances(None)
+    np.testing.assert_allclose(fast.numpy(), slow.numpy(), atol=1e-3)
+    np.testing.assert_allclose(fast.numpy() ** 2, slow.numpy() ** 2, atol=1e-6)

@@ -32,7 +32,7 @@ static void f32_update_c(const float *x, Py_ssize_t ld, Py_ssize_t dim, const fl
         if (norms) s = s / norms[i];
         if (s > maxsim[i]) {
             maxsim[i] = s;
-            assign[i] = aid;
+            if (assign) assign[i] = aid;
         }
     }
 }
@@ -145,9 +145,11 @@ AVX2 static void f32_update_avx2(const float *x, Py_ssize_t ld, Py_ssize_t dim, 
         __m256 gt = _mm256_cmp_ps(s, cur, _CMP_GT_OQ);
         if (_mm256_movemask_ps(gt)) {
             _mm256_storeu_ps(maxsim + i, _mm256_blendv_ps(cur, s, gt));
-            __m256i a = _mm256_loadu_si256((const __m256i *)(assign + i));
-            a = _mm256_blendv_epi8(a, aidv, _mm256_castps_si256(gt));
-            _mm256_storeu_si256((__m256i *)(assign + i), a);
+            if (assign) {
+                __m256i a = _mm256_loadu_si256((const __m256i *)(assign + i));
+                a = _mm256_blendv_epi8(a, aidv, _mm256_castps_si256(gt));
+                _mm256_storeu_si256((__m256i *)(assign + i), a);
+            }
         }
     }
     f32_update_c(x, ld, dim, q, norms, maxsim, assign, aid, i, p1);
@@ -253,7 +255,7 @@ static int check_range(Py_ssize_t p0, Py_ssize_t p1, Py_ssize_t ld, Py_ssize_t d
 PyDoc_STRVAR(f32_update_doc,
              "f32_update(x, ld, dim, q, norms, maxsim, assign, aid, p0, p1)\n"
              "For rows p0..p1 of x (float32, row stride ld): s = x.q (/ norms[i]); where s > "
-             "maxsim[i], set maxsim[i] = s and assign[i] = aid.");
+             "maxsim[i], set maxsim[i] = s and (assign not None) assign[i] = aid.");
 
 static PyObject *f32_update(PyObject *self, PyObject *args) {
     PyObject *xo, *qo, *no, *mo, *ao;
@@ -269,7 +271,7 @@ static PyObject *f32_update(PyObject *self, PyObject *args) {
     if (get_buf(xo, 0, xneed, "x", &v[0], 0) < 0 || get_buf(qo, 0, dim * 4, "q", &v[1], 0) < 0 ||
         get_buf(no, 0, rows * 4, "norms", &v[2], 1) < 0 ||
         get_buf(mo, 1, rows * 4, "maxsim", &v[3], 0) < 0 ||
-        get_buf(ao, 1, rows * 4, "assign", &v[4], 0) < 0) {
+        get_buf(ao, 1, rows * 4, "assign", &v[4], 1) < 0) {
         release(v, 5);
         return NULL;
     }

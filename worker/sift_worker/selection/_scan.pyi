@@ -7,7 +7,7 @@ def f32_update(
     q: object,
     norms: object | None,
     maxsim: object,
-    assign: object,
+    assign: object | None,
     aid: int,
     p0: int,
     p1: int,

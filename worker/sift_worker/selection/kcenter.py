@@ -24,10 +24,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
-import os
-import types
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal
@@ -36,11 +33,8 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-_scan: types.ModuleType | None
-try:  # the fused C kernels (_scan.c); without a compiler at install, torch ops do the same
-    import sift_worker.selection._scan as _scan
-except ImportError:  # pragma: no cover - depends on the build
-    _scan = None
+from sift_worker.selection.native import kernels as _scan
+from sift_worker.selection.native import split
 
 Precision = Literal["float32", "bfloat16", "float16", "int8", "auto"]
 PRECISIONS: tuple[str, ...] = ("float32", "bfloat16", "float16", "int8", "auto")
@@ -159,25 +153,6 @@ def _torch_threads(threads: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(old)
-
-
-@functools.lru_cache(maxsize=1)
-def _pool() -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="sift-kcenter")
-
-
-def _split(
-    p0: int, p1: int, work: Callable[[int, int], int], threads: int
-) -> list[tuple[int, int]]:
-    """``(start, work(start, end))`` for tile-aligned parts of rows p0..p1, one per
-    thread (at least 64 tiles each). The C kernels release the GIL; the caller's
-    thread takes the first part."""
-    parts = max(1, min(threads, (p1 - p0) // (64 * _TILE)))
-    step = -(-(p1 - p0) // parts // _TILE) * _TILE
-    bounds = [(a, min(a + step, p1)) for a in range(p0, p1, step)]
-    futures = [(a, _pool().submit(work, a, b)) for a, b in bounds[1:]]
-    first = (p0, work(*bounds[0]))
-    return [first] + [(a, f.result()) for a, f in futures]
 
 
 def _resolve_device(device: str | torch.device | None) -> torch.device:
@@ -423,7 +398,7 @@ class _Greedy:
             assert _scan is not None
             return int(_scan.i8_scan(*args, lowbar, None, pos[a - p0 :], a, b))
 
-        parts = _split(p0, p1, work, self.kernel_threads)
+        parts = split(p0, p1, work, self.kernel_threads, _TILE)
         if len(parts) == 1:
             return pos[: parts[0][1]]
         return np.concatenate([pos[a - p0 : a - p0 + c] for a, c in parts])
@@ -447,7 +422,7 @@ class _Greedy:
             _scan.f32_update(x, ld, self.dim, q, norms, maxsim, assign, aid, a, b)
             return 0
 
-        _split(p0, p1, work, self.kernel_threads)
+        split(p0, p1, work, self.kernel_threads, _TILE)
 
     def _exact_update(self, centre: torch.Tensor, aid: int, p0: int, p1: int) -> None:
         """Exact float32 update of rows p0..p1 (real rows), from the input rows."""

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from sift_worker.api.v1alpha1 import Strategy
+from sift_worker.selection import native
 
 # Typicality: mean distance to this many nearest reference rows (as in TypiClust) ...
 TYPICALITY_NEIGHBOURS = 20
@@ -230,11 +231,20 @@ class Diversity:
         self.x = x
         # 2 - 2 * max dot: the squared distance, before clamping rounding error below 0
         self.min_sq: torch.Tensor | None = None
+        pool_dot = None
         if pool is not None and pool.shape[0] > 0:
-            self.min_sq = 2.0 - 2.0 * max_dot(x, pool)
+            pool_dot = max_dot(x, pool)
+            self.min_sq = 2.0 - 2.0 * pool_dot
         self._two = torch.full((x.shape[0],), 2.0, device=x.device)
         self._buf = torch.empty(x.shape[0], device=x.device)
         self._step = torch.empty(x.shape[0], device=x.device)
+        # on CPU the C kernel keeps max x.pick in one read of x (min_sq = 2 - 2 maxdot:
+        # the same floats, as rounding is monotone); torch's gemv streams ~2x slower
+        self._maxdot: np.ndarray | None = None
+        if native.kernels is not None and x.device.type == "cpu" and x.is_contiguous():
+            self._maxdot = np.full(x.shape[0], -np.inf, np.float32)
+            if pool_dot is not None:
+                self._maxdot[:] = pool_dot.numpy()
 
     def farthest_sq(self, open_rows: torch.Tensor | None) -> float:
         """Largest squared distance among open rows (all when None); inf before any pick."""
@@ -266,6 +276,15 @@ class Diversity:
 
     def add(self, row: int) -> None:
         """One matvec: ``2 - 2 x.x_row`` fused, then an in-place minimum."""
+        if self._maxdot is not None:
+            xs = self.x.numpy()
+            native.update_max_dot(xs, xs[row], self._maxdot, torch.get_num_threads())
+            self._maxdot[row] = 1.0
+            maxdot = torch.from_numpy(self._maxdot)
+            if self.min_sq is None:
+                self.min_sq = torch.empty_like(maxdot)
+            torch.mul(maxdot, -2.0, out=self.min_sq).add_(2.0)
+            return
         torch.addmv(self._two, self.x, self.x[row], alpha=-2.0, out=self._step)
         if self.min_sq is None:
             self.min_sq = self._step.clone()

@@ -9,6 +9,7 @@ Lets tests check that the generated CRD refuses exactly what pydantic refuses.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import re
 from typing import Any
@@ -52,20 +53,25 @@ def _correlated_items(schema: Schema, old: Any) -> dict[Any, Any]:
     return {}
 
 
+@functools.cache
+def _program(rule: str) -> Any:
+    """Compiling is the slow part of CEL here; each rule compiles once per test session."""
+    env = celpy.Environment()
+    return env.program(env.compile(rule))
+
+
 def cel_errors(schema: Schema, obj: Any, path: str = "", old: Any = _MISSING) -> list[str]:
     """CEL rules as the API server runs them. ``old`` is the stored object on an update:
     transition rules (those naming ``oldSelf``) run only where an old value correlates,
     so a create never evaluates them."""
     errors = []
-    env = celpy.Environment()
     for rule in schema.get("x-kubernetes-validations", []):
         activation = {"self": celpy.json_to_cel(obj)}
         if _OLD_SELF.search(rule["rule"]):
             if old is _MISSING:
                 continue
             activation["oldSelf"] = celpy.json_to_cel(old)
-        program = env.program(env.compile(rule["rule"]))
-        if not program.evaluate(activation):
+        if not _program(rule["rule"]).evaluate(activation):
             errors.append(f"{path or '<root>'}: {rule['message']}")
     if isinstance(obj, dict):
         for name, child in schema.get("properties", {}).items():

@@ -187,6 +187,12 @@ BAD_SPECS = [
     ("spec.input.type", "audio", "spec.input.type"),
     ("spec.input.embeddings.batchSize", 0, "spec.input.embeddings.batchSize"),
     ("spec.report.api.url", "http://evil.example.com", "spec.report.api.url"),
+    ("spec.report.api.url", "https://user:pw@api.lightly.ai", "spec.report.api.url"),
+    (
+        "spec.datasource.input.s3.endpoint",
+        "https://key:secret@minio.example.com",
+        "spec.datasource.input.s3.endpoint",
+    ),
     ("spec.report.share.filenames", "encrypted", "spec.report.share.filenames"),
     ("spec.worker.resources.gpu", -1, "spec.worker.resources.gpu"),
     ("spec.worker.resources.memory", "lots", "spec.worker.resources.memory"),

@@ -66,11 +66,12 @@ Quantity = Annotated[
     StringConstraints(max_length=64, pattern=r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"),
 ]
 ImageRef = Annotated[str, StringConstraints(min_length=1, max_length=512, pattern=r"^[^\s]+$")]
+# no user:password@ (credentials belong in Secrets), no query string or fragment
 ApiURL = Annotated[
     str,
     StringConstraints(
         max_length=2048,
-        pattern=r"^(https://[^\s/?#]+|http://(127\.0\.0\.1|localhost)(:[0-9]+)?)(/[^\s?#]*)?$",
+        pattern=r"^(https://[^\s/?#@]+|http://(127\.0\.0\.1|localhost)(:[0-9]+)?)(/[^\s?#]*)?$",
     ),
 ]
 

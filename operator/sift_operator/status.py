@@ -251,6 +251,10 @@ def desired_status(run: Mapping[str, Any], observed: Observed, now: datetime) ->
 
     accept = [p for p in observed.problems if p.reason in conds.ACCEPT_PROBLEMS]
     blockers = [p for p in observed.problems if p.reason not in conds.ACCEPT_PROBLEMS]
+    if job is not None:
+        # the spec was accepted when its Job was created; a Secret deleted since then
+        # holds the pod back (if it is not running yet), it does not un-accept the run
+        blockers, accept = accept + blockers, []
     blockers += pod_problems(observed.pods)
 
     outcome = job_outcome(job)

@@ -468,6 +468,20 @@ def test_recovery_after_the_secret_appears() -> None:
     assert ("Normal", "Accepted") in [(e.type, e.reason) for e in e2]
 
 
+def test_a_secret_deleted_after_the_job_exists_does_not_unaccept_the_run() -> None:
+    gone = [Problem("SecretNotFound", "Secret s3-reader does not exist")]
+    doc = run(status=_render("running"))
+    running = desired_status(
+        doc, Observed(1, job(active=1, ready=1), pods=[RUNNING_POD], problems=gone), T0
+    )
+    assert running["phase"] == "Running"
+    assert running["conditions"][0]["reason"] == "SpecValid"
+    pending = desired_status(run(), Observed(1, job(active=1), pods=[pod()], problems=gone), T0)
+    assert pending["phase"] == "Pending"
+    assert pending["conditions"][0]["status"] == "True"
+    assert pending["conditions"][2]["reason"] == "SecretNotFound"
+
+
 def test_decided_outcome_never_flips() -> None:
     doc = run(status=_render("succeeded"))
     weird = Observed(1, job(conditions=[jcond("Failed", "BackoffLimitExceeded")]))

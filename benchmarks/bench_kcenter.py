@@ -4,8 +4,11 @@ For each data set (a clustered Gaussian mixture, where pruning has structure to
 use, and pure noise, where it has none) this prints, per mode:
 - seconds (median of --repeats) and the ratio to the numpy reference (which
   recomputes |u - c| for every row each step) and to the float32 bandwidth bound
-  k * bytes(X) / bandwidth, bandwidth being the fastest full read of X measured
-  here (torch sum/amax with 1 and 2 threads);
+  k * bytes(X) / bandwidth, bandwidth being the fastest full read of X (torch
+  sum/amax with 1 and 2 threads) measured right before and right after that mode
+  ran (the faster of the two; this shared machine's bandwidth drifts by 2x within
+  minutes, so one figure for the whole run would misstate most modes); "/best"
+  divides by the bound at the fastest read seen in the whole run instead;
 - the covering radius (max over rows of the distance to the nearest pick,
   recomputed here) and its ratio to float32's;
 - whether the picks equal the reference's (the reference runs --ref-steps steps,
@@ -160,6 +163,7 @@ class Row:
     indices: np.ndarray
     peak: int = 0
     stop: str = ""
+    bound: float = 0.0  # the float32 bound measured around this mode
 
 
 def run(name: str, x: np.ndarray, modes: list[str], args: argparse.Namespace) -> None:
@@ -173,8 +177,10 @@ def run(name: str, x: np.ndarray, modes: list[str], args: argparse.Namespace) ->
 
     # modes interleaved across repeats, so load from other processes hits all alike
     times: dict[str, list[float]] = {m: [] for m in modes}
+    bounds: dict[str, list[float]] = {m: [] for m in modes}
     peaks: dict[str, int] = dict.fromkeys(modes, 0)
     results: dict[str, KCenterResult] = {}
+    seen = [bw]
     for _ in range(args.repeats):
         for spec in modes:
             mode, _, th = spec.partition("@")
@@ -186,12 +192,14 @@ def run(name: str, x: np.ndarray, modes: list[str], args: argparse.Namespace) ->
                 )
                 times[spec].append(time.perf_counter() - start)
             peaks[spec] = max(peaks[spec], mem.growth)
-    bw_after, how_after = bandwidth(x)
-    if bw_after > bw:
-        bw, how = bw_after, how_after
-    bound = args.k * x.nbytes / bw
-    print(f"read bandwidth {bw / 1e9:.1f} GB/s (best of before/after: {how})")
-    print(f"float32 bound = k x bytes(X) / bandwidth = {bound:.2f} s")
+            after, how_after = bandwidth(x)
+            seen.append(after)
+            bounds[spec].append(args.k * x.nbytes / max(bw, after))
+            bw, how = after, how_after
+    lo, hi = min(seen), max(seen)
+    print(f"read bandwidth {lo / 1e9:.1f}-{hi / 1e9:.1f} GB/s over the run (e.g. {how})")
+    print(f"float32 bound = k x bytes(X) / bandwidth: {args.k * x.nbytes / hi:.2f} s at the best")
+    bound = args.k * x.nbytes / hi
 
     rows = [Row("numpy reference", ref_s, ref_picks)]
     for spec in modes:
@@ -199,18 +207,20 @@ def run(name: str, x: np.ndarray, modes: list[str], args: argparse.Namespace) ->
         res = results[spec]
         label = f"{mode} t={th or args.threads}"
         secs = statistics.median(times[spec])
-        rows.append(Row(label, secs, res.indices, peaks[spec], res.stop_reason))
+        rows.append(Row(label, secs, res.indices, peaks[spec], res.stop_reason, min(bounds[spec])))
     radii = {r.indices.tobytes(): covering_radius(x, r.indices) for r in rows[1:]}
     f32 = next((r for r in rows if r.name.startswith("float32")), rows[1])
     f32_radius = radii[f32.indices.tobytes()]
-    header = f"{'mode':<16}{'seconds':>9}{'x ref':>8}{'/bound':>8}{'radius':>9}{'/f32':>8}"
+    header = f"{'mode':<16}{'seconds':>9}{'x ref':>8}{'/bound':>8}{'/best':>8}{'radius':>9}"
+    header += f"{'/f32':>8}"
     print(header + f"{'same picks':>12}{'peak mem':>10}  stop")
     for r in rows:
         radius = radii.get(r.indices.tobytes(), float("nan"))
         same = np.array_equal(r.indices[:prefix], ref_picks)
         peak = f"{r.peak / x.nbytes:.2f}x" if r is not rows[0] else "-"
         print(
-            f"{r.name:<16}{r.seconds:>9.2f}{ref_s / r.seconds:>7.1f}x{r.seconds / bound:>8.2f}"
+            f"{r.name:<16}{r.seconds:>9.2f}{ref_s / r.seconds:>7.1f}x"
+            f"{r.seconds / (r.bound or bound):>8.2f}{r.seconds / bound:>8.2f}"
             f"{radius:>9.4f}{radius / f32_radius:>8.3f}{same!s:>12}{peak:>10}  {r.stop}"
         )
     f32_rows = [r for r in rows if r.name.startswith("float32")]

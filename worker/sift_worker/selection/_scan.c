@@ -64,6 +64,16 @@ static Py_ssize_t f32_recheck_c(dot_fn dot, const float *x, Py_ssize_t ld, Py_ss
     return changed;
 }
 
+static void tile_min_c(const float *values, Py_ssize_t tile, float *out, Py_ssize_t t0,
+                       Py_ssize_t t1) {
+    for (Py_ssize_t t = t0; t < t1; t++) {
+        const float *r = values + t * tile;
+        float m = r[0];
+        for (Py_ssize_t i = 1; i < tile; i++) m = r[i] < m ? r[i] : m;
+        out[t] = m;
+    }
+}
+
 static inline float bf16_to_f32(uint16_t h) {
     uint32_t bits = (uint32_t)h << 16;
     float f;
@@ -206,6 +216,25 @@ AVX2 static float dot_avx2(const float *r, const float *q, Py_ssize_t dim) {
     float s = _mm_cvtss_f32(h);
     for (; j < dim; j++) s += r[j] * q[j];
     return s;
+}
+
+AVX2 static void tile_min_avx2(const float *values, Py_ssize_t tile, float *out, Py_ssize_t t0,
+                               Py_ssize_t t1) {
+    for (Py_ssize_t t = t0; t < t1; t++) {
+        const float *r = values + t * tile;
+        Py_ssize_t i = 0;
+        float m = r[0];
+        if (tile >= 8) {
+            __m256 v = _mm256_loadu_ps(r);
+            for (i = 8; i + 8 <= tile; i += 8) v = _mm256_min_ps(v, _mm256_loadu_ps(r + i));
+            __m128 h = _mm_min_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+            h = _mm_min_ps(h, _mm_movehl_ps(h, h));
+            h = _mm_min_ss(h, _mm_movehdup_ps(h));
+            m = _mm_cvtss_f32(h);
+        }
+        for (; i < tile; i++) m = r[i] < m ? r[i] : m;
+        out[t] = m;
+    }
 }
 
 static int have_avx2(void) {
@@ -407,12 +436,12 @@ static PyObject *tile_min(PyObject *self, PyObject *args) {
     const float *values = v[0].buf;
     float *out = v[1].buf;
     Py_BEGIN_ALLOW_THREADS
-    for (Py_ssize_t t = t0; t < t1; t++) {
-        const float *r = values + t * tile;
-        float m = r[0];
-        for (Py_ssize_t i = 1; i < tile; i++) m = r[i] < m ? r[i] : m;  /* vectorises */
-        out[t] = m;
-    }
+#ifdef SIFT_AVX2
+    if (have_avx2())
+        tile_min_avx2(values, tile, out, t0, t1);
+    else
+#endif
+        tile_min_c(values, tile, out, t0, t1);
     Py_END_ALLOW_THREADS
     release(v, 2);
     Py_RETURN_NONE;

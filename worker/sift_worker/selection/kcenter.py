@@ -274,7 +274,9 @@ class _Greedy:
             self.query_dtype = self.store_dtype
             unit = {"float32": 0.0, "bfloat16": 2.0**-8, "float16": 2.0**-11}[kind]
         self.query_unit = unit  # bound on |q - round(q)| / |q| for the query
-        self.store = torch.zeros((self.npad, self.pad_dim), dtype=self.store_dtype, device=dev)
+        # filled by _build (zeroing 4 B x N x D first would be one more pass); padding zeroed
+        self.store = torch.empty((self.npad, self.pad_dim), dtype=self.store_dtype, device=dev)
+        self.store[self.n :] = 0
         self.spare: torch.Tensor | None = None  # reduced store's twin for regrouping
         self.scale = torch.ones(self.npad, dtype=torch.bfloat16, device=dev)
         self.thr = torch.zeros(0 if self.exact_scan else self.npad, dtype=f32, device=dev)
@@ -332,6 +334,7 @@ class _Greedy:
             q = torch.round(unit / s32[:, None]).clamp_(-127, 127)
             err = (unit - q * s32[:, None]).norm(dim=1)
             self.store[p0:p1, : self.dim] = q.to(torch.int8)
+            self.store[p0:p1, self.dim :] = 0
             self.scale[p0:p1] = scale
         else:
             stored = unit.to(self.store_dtype)

@@ -1,0 +1,197 @@
+"""S3 and S3-compatible storage through boto3: SigV4 presigned GET/PUT URLs and POST policies.
+
+Credentials are static keys (from a Secret, or given to a local run) or, when none are
+given, boto3's default chain: environment, shared config, the pod's web identity
+(IRSA), instance metadata. A URL signed with temporary credentials stops working when
+they expire, whatever its own lifetime.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    EndpointConnectionError,
+    NoCredentialsError,
+    PartialCredentialsError,
+)
+
+from sift_worker.storage.base import (
+    AccessDeniedError,
+    BadCredentialsError,
+    BucketNotFoundError,
+    ObjectInfo,
+    OutsidePrefixError,
+    SignedPost,
+    SignedURL,
+    Storage,
+    StorageError,
+    cap_lifetime,
+    expiry,
+)
+
+__all__ = ["S3Credentials", "S3Storage"]
+
+_BAD_CREDENTIALS = {
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "InvalidToken",
+    "ExpiredToken",
+    "InvalidClientTokenId",
+    "AuthorizationHeaderMalformed",
+}
+_DENIED = {"AccessDeniedError", "AllAccessDisabled", "403", "Forbidden"}
+
+
+@dataclass(frozen=True, repr=False)
+class S3Credentials:
+    """Static S3 keys. ``repr`` never shows them."""
+
+    access_key_id: str
+    secret_access_key: str
+    session_token: str | None = None
+
+    def __repr__(self) -> str:
+        return "S3Credentials(<redacted>)"
+
+
+class S3Storage(Storage):
+    scheme = "s3"
+
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str = "",
+        *,
+        credentials: S3Credentials | None = None,
+        region: str | None = None,
+        endpoint: str | None = None,
+        writable: bool = False,
+        lifetime: timedelta | None = None,
+    ) -> None:
+        super().__init__(bucket, prefix, writable=writable, lifetime=lifetime)
+        kwargs: dict[str, Any] = {}
+        if credentials is not None:
+            kwargs = {
+                "aws_access_key_id": credentials.access_key_id,
+                "aws_secret_access_key": credentials.secret_access_key,
+                "aws_session_token": credentials.session_token,
+            }
+        session = boto3.session.Session(region_name=region or None, **kwargs)
+        config = Config(
+            signature_version="s3v4",
+            s3={"addressing_style": "path" if endpoint else "virtual"},
+            retries={"max_attempts": 4, "mode": "standard"},
+            connect_timeout=10,
+            read_timeout=30,
+        )
+        self._client = session.client(
+            "s3", endpoint_url=endpoint or None, config=config, region_name=region or None
+        )
+
+    # --- listing ------------------------------------------------------------------------
+
+    def list_page(
+        self, token: str | None = None, page_size: int = 1000
+    ) -> tuple[list[ObjectInfo], str | None]:
+        params: dict[str, Any] = {
+            "Bucket": self.bucket,
+            "Prefix": self.prefix,
+            "MaxKeys": max(1, min(page_size, 1000)),
+        }
+        if token:
+            params["ContinuationToken"] = token
+        try:
+            resp = self._client.list_objects_v2(**params)
+        except (ClientError, BotoCoreError) as exc:
+            raise self._error(exc, self.uri()) from None
+        n = len(self.prefix)
+        page = [
+            ObjectInfo(item["Key"][n:], int(item.get("Size", 0)))
+            for item in resp.get("Contents", ())
+            if item["Key"].startswith(self.prefix) and len(item["Key"]) > n
+        ]
+        nxt = resp.get("NextContinuationToken") if resp.get("IsTruncated") else None
+        return page, nxt
+
+    def _error(self, exc: Exception, uri: str) -> StorageError:
+        if isinstance(exc, NoCredentialsError | PartialCredentialsError):
+            return BadCredentialsError(
+                uri, "no S3 credentials found (static keys or ambient identity)"
+            )
+        if isinstance(exc, EndpointConnectionError):
+            return StorageError(uri, "cannot connect to the S3 endpoint")
+        if isinstance(exc, ClientError):
+            err = exc.response.get("Error", {})
+            code = str(err.get("Code", ""))
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if code in ("NoSuchBucket", "404") or (code == "" and status == 404):
+                return BucketNotFoundError(uri, f"bucket {self.bucket!r} does not exist")
+            if code in _BAD_CREDENTIALS:
+                return BadCredentialsError(uri, f"S3 refused the credentials ({code})")
+            if code in _DENIED or status == 403:
+                return AccessDeniedError(uri, f"permission denied ({code or status})")
+            return StorageError(uri, f"S3 error {code or status}")
+        return StorageError(uri, f"S3 client error: {type(exc).__name__}")
+
+    # --- signing ------------------------------------------------------------------------
+
+    def _sign(
+        self,
+        method: str,
+        key: str,
+        full_key: str,
+        lifetime: timedelta,
+        content_type: str | None,
+    ) -> SignedURL:
+        op = "get_object" if method == "GET" else "put_object"
+        params: dict[str, Any] = {"Bucket": self.bucket, "Key": full_key}
+        headers: dict[str, str] = {}
+        if content_type and method == "PUT":
+            params["ContentType"] = content_type
+            headers["Content-Type"] = content_type
+        try:
+            url = self._client.generate_presigned_url(
+                op, Params=params, ExpiresIn=int(lifetime.total_seconds()), HttpMethod=method
+            )
+        except (ClientError, BotoCoreError) as exc:
+            raise self._error(exc, self.uri(key)) from None
+        return SignedURL(method, url, key, expiry(lifetime), headers)
+
+    def sign_post(
+        self,
+        lifetime: timedelta | None = None,
+        *,
+        key_prefix: str = "",
+        max_bytes: int = 5 * 1024**3,
+    ) -> SignedPost:
+        """A POST policy for any key under the output prefix (+ ``key_prefix``).
+
+        The policy carries ``["starts-with", "$key", <prefix>]``: S3 refuses a form whose
+        key falls outside it, and ``content-length-range`` caps the object size.
+        """
+        if not self.writable:
+            raise OutsidePrefixError(self.uri(), "refused upload: this location is read-only")
+        if key_prefix:
+            self.full_key(key_prefix.rstrip("/") + "/x")  # same rules as a key
+        allowed = self.prefix + key_prefix
+        life = cap_lifetime(lifetime or self.lifetime, self.max_lifetime)
+        try:
+            post = self._client.generate_presigned_post(
+                Bucket=self.bucket,
+                Key=allowed + "${filename}",
+                Conditions=[
+                    ["starts-with", "$key", allowed],
+                    ["content-length-range", 0, max_bytes],
+                ],
+                ExpiresIn=int(life.total_seconds()),
+            )
+        except (ClientError, BotoCoreError) as exc:
+            raise self._error(exc, self.uri(key_prefix)) from None
+        return SignedPost(post["url"], dict(post["fields"]), allowed, expiry(life))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
 import types
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -31,14 +32,33 @@ def _pool() -> ThreadPoolExecutor:
 def split(
     p0: int, p1: int, work: Callable[[int, int], int], threads: int, align: int = 1024
 ) -> list[tuple[int, int]]:
-    """``(start, work(start, end))`` for ``align``-ed parts of rows p0..p1, one per
-    thread. The kernels release the GIL; the caller's thread takes the first part."""
+    """``(start, work(start, end))`` for ``align``-ed pieces of rows p0..p1, in order.
+
+    ``threads`` threads (the caller's among them) take pieces from a shared queue,
+    four per thread, so a core briefly taken by another process delays a piece, not
+    half the scan. The kernels release the GIL.
+    """
     parts = max(1, min(threads, (p1 - p0) // MIN_PART_ROWS))
-    step = -(-(p1 - p0) // parts // align) * align
-    bounds = [(a, min(a + step, p1)) for a in range(p0, p1, step)]
-    futures = [(a, _pool().submit(work, a, b)) for a, b in bounds[1:]]
-    first = (p0, work(*bounds[0]))
-    return [first] + [(a, f.result()) for a, f in futures]
+    if parts == 1:
+        return [(p0, work(p0, p1))]
+    step = -(-(p1 - p0) // (4 * parts) // align) * align
+    pieces = iter([(a, min(a + step, p1)) for a in range(p0, p1, step)])
+    lock = threading.Lock()
+
+    def drain() -> list[tuple[int, int]]:
+        done: list[tuple[int, int]] = []
+        while True:
+            with lock:
+                piece = next(pieces, None)
+            if piece is None:
+                return done
+            done.append((piece[0], work(*piece)))
+
+    futures = [_pool().submit(drain) for _ in range(parts - 1)]
+    out = drain()
+    for f in futures:
+        out.extend(f.result())
+    return sorted(out)
 
 
 def update_max_dot(x: np.ndarray, q: np.ndarray, maxdot: np.ndarray, threads: int) -> None:

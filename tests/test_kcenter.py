@@ -454,3 +454,19 @@ def test_diversity_term_same_with_and_without_the_kernel(monkeypatch: pytest.Mon
     slow = distances(None)
     np.testing.assert_allclose(fast.numpy(), slow.numpy(), atol=1e-3)
     np.testing.assert_allclose(fast.numpy() ** 2, slow.numpy() ** 2, atol=1e-6)
+
+
+def test_candidate_search_torch_route_matches_numpy_route() -> None:
+    """The torch search (the route CUDA takes) finds the rows the CPU route finds."""
+    from sift_worker.selection import kcenter
+
+    x = blobs(30_000, 8, 6, 0.05, seed=9)  # tight blobs: many rows tie near the best
+    greedy = kcenter._Greedy(x, "float32", torch.device("cpu"))
+    greedy.run(12, 0.0, None)
+    found = greedy._candidates_cpu()
+    assert found is not None
+    best, pos = found
+    assert best == float(greedy.tile_min.min())
+    assert sorted(greedy._candidates(best + kcenter._TOL).tolist()) == sorted(pos.tolist())
+    wide = float(np.quantile(greedy.maxsim.numpy()[: len(x)], 0.5))  # > _CAP rows qualify
+    assert len(greedy._candidates(wide)) == kcenter._CAP

@@ -305,6 +305,7 @@ def test_settings_shape_the_job() -> None:
 SUSPEND_CASES = [
     # (queueName, suspend argument, expected spec.suspend, expected kueue label)
     ("gpu-batch", True, True, "gpu-batch"),
+    ("gpu-batch", False, True, "gpu-batch"),  # Kueue admits by unsuspending
     (None, True, True, None),
     (None, False, False, None),
 ]

@@ -216,8 +216,9 @@ def pod_failure_policy(settings: OperatorSettings) -> Obj:
 
 
 def build_job(run: Mapping[str, Any], settings: OperatorSettings, *, suspend: bool) -> Obj:
-    """The Job. ``suspend`` is its initial state; the handler decides it (Kueue queue,
-    ``spec.suspend``, the operator's own concurrency queue)."""
+    """The Job. ``suspend`` is its initial state; the handler decides it (``spec.suspend``,
+    the operator's own concurrency queue). With a Kueue queue it is always created
+    suspended: Kueue admits it by unsuspending it."""
     spec = parse_spec(run)
     name, _, _ = identity(run)
     worker = spec.worker
@@ -266,7 +267,7 @@ def build_job(run: Mapping[str, Any], settings: OperatorSettings, *, suspend: bo
         "kind": "Job",
         "metadata": meta,
         "spec": {
-            "suspend": suspend,
+            "suspend": suspend or worker.queue_name is not None,
             "completions": 1,
             "parallelism": 1,
             "backoffLimit": worker.backoff_limit,

@@ -70,7 +70,7 @@ def _add_run_parser(sub: Any) -> None:
         metavar="URL",
         help="kopf liveness endpoint, e.g. http://0.0.0.0:8080/healthz",
     )
-    run.add_argument("--workers", type=int, default=16, help="concurrent reconciles")
+    run.add_argument("--workers", type=int, default=32, help="concurrent reconciles")
     run.add_argument(
         "--resync-seconds", type=float, default=300.0, help="look at every run this often"
     )

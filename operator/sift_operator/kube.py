@@ -39,6 +39,7 @@ PLURALS: dict[str, str] = {
 MERGE_PATCH = "application/merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
 _MAX_MESSAGE = 300
+TOKEN_REFRESH_SECONDS = 30.0
 
 
 class ApiError(Exception):
@@ -122,10 +123,17 @@ def connection_from_environment() -> Connection:
         if cfg.cert_file:
             ctx.load_cert_chain(cfg.cert_file, cfg.key_file)
 
+    cache: list[Any] = [0.0, None]  # [read at, token]
+
     def token() -> str | None:
-        auth = cfg.auth_settings().get("BearerToken")  # refreshes rotated tokens
-        value = auth.get("value") if auth else None
-        return str(value) if value else None
+        # the client's refresh hook re-reads a rotated token, but costs ~1 ms a call:
+        # ask it at most every TOKEN_REFRESH_SECONDS (bound tokens live for an hour)
+        now = time.monotonic()
+        if now - cache[0] > TOKEN_REFRESH_SECONDS:
+            auth = cfg.auth_settings().get("BearerToken")
+            value = auth.get("value") if auth else None
+            cache[:] = [now, str(value) if value else None]
+        return cache[1]  # type: ignore[no-any-return]
 
     return Connection(host=host, ssl_context=ctx, token=token)
 
@@ -133,7 +141,7 @@ def connection_from_environment() -> Connection:
 class Kube:
     """The async API client; one per operator process, one connection pool."""
 
-    def __init__(self, conn: Connection, *, timeout: float = 30.0, pool: int = 32) -> None:
+    def __init__(self, conn: Connection, *, timeout: float = 30.0, pool: int = 64) -> None:
         self._conn = conn
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._pool = pool

@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import copy
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -71,7 +70,9 @@ def runtime() -> Runtime:
 
 
 def _snapshot(body: Any) -> dict[str, Any]:
-    return copy.deepcopy(dict(body))
+    # kopf never changes a received body in place (each event brings a new one): a
+    # shallow copy is a stable snapshot
+    return dict(body)
 
 
 @kopf.on.startup()

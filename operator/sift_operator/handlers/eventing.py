@@ -8,11 +8,12 @@ reconcile: an Event that cannot be written is logged and dropped.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import socket
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -36,6 +37,30 @@ class EventRecorder:
         self.instance = instance or socket.gethostname()
         self._counts: OrderedDict[str, int] = OrderedDict()  # event name -> count (bounded)
         self.posted = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._limit = asyncio.Semaphore(16)
+
+    def post_soon(
+        self, run: Mapping[str, Any], events: Sequence[tuple[str, str, str]], now: datetime
+    ) -> None:
+        """Post ``(type, reason, message)`` events in the background, in order."""
+        if not events:
+            return
+        task = asyncio.create_task(self._post_all(dict(run), list(events), now))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _post_all(
+        self, run: Mapping[str, Any], events: list[tuple[str, str, str]], now: datetime
+    ) -> None:
+        async with self._limit:
+            for type_, reason, message in events:
+                await self.post(run, type_, reason, message, now)
+
+    async def flush(self, timeout: float = 5.0) -> None:
+        """Wait (a while) for events still being posted."""
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=timeout)
 
     def _remember(self, name: str, count: int) -> None:
         self._counts[name] = count

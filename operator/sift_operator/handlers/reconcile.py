@@ -86,7 +86,7 @@ class Options:
     retry_max_seconds: float = 120.0
     resync_seconds: float = 300.0
     dns_ttl_seconds: float = 300.0
-    workers: int = 16
+    workers: int = 32
 
 
 def spec_hash(spec: Mapping[str, Any] | None) -> str:
@@ -194,38 +194,42 @@ class Reconciler:
     async def create_children(
         self, run: Obj, children: Sequence[Obj]
     ) -> tuple[Obj | None, list[Problem]]:
-        """Create each child in order; AlreadyExists is success. Returns the Job as stored."""
-        job: Obj | None = None
-        for obj in children:
-            kind = obj["kind"]
-            try:
-                created = await self.kube.create(obj)
-            except ApiError as exc:
-                if exc.already_exists:
-                    if kind == "Job":
-                        meta = obj["metadata"]
-                        job = await self.kube.get(
-                            "batch/v1", "Job", meta["namespace"], meta["name"]
-                        )
-                    continue
-                if exc.quota_exceeded:
-                    return None, [
-                        Problem(conds.QUOTA_EXCEEDED, f"cannot create the {kind}: {exc.message}")
-                    ]
-                if kind == "CiliumNetworkPolicy" and exc.status in (404, 405):
-                    return None, [
-                        Problem(
-                            CILIUM_UNAVAILABLE,
-                            "egress.mode is cilium but the cluster has no CiliumNetworkPolicy "
-                            "resource; the Job is not created without it",
-                        )
-                    ]
-                return None, [
-                    Problem(CREATE_FAILED, f"cannot create the {kind}: {exc.status} {exc.message}")
-                ]
-            if kind == "Job":
-                job = created
-        return job, []
+        """Create the children; AlreadyExists is success. Returns the Job as stored.
+
+        The Job comes last, once everything its pod needs exists; the others do not
+        depend on each other and are created at once.
+        """
+        *others, job_obj = children
+        results = await asyncio.gather(*(self._create_one(obj) for obj in others))
+        problems = [p for _, p in results if p is not None]
+        if problems:
+            return None, problems[:1]
+        job, problem = await self._create_one(job_obj)
+        return job, [problem] if problem is not None else []
+
+    async def _create_one(self, obj: Obj) -> tuple[Obj | None, Problem | None]:
+        kind = obj["kind"]
+        try:
+            return await self.kube.create(obj), None
+        except ApiError as exc:
+            if exc.already_exists:
+                if kind != "Job":
+                    return None, None
+                meta = obj["metadata"]
+                return await self.kube.get("batch/v1", "Job", meta["namespace"], meta["name"]), None
+            if exc.quota_exceeded:
+                return None, Problem(
+                    conds.QUOTA_EXCEEDED, f"cannot create the {kind}: {exc.message}"
+                )
+            if kind == "CiliumNetworkPolicy" and exc.status in (404, 405):
+                return None, Problem(
+                    CILIUM_UNAVAILABLE,
+                    "egress.mode is cilium but the cluster has no CiliumNetworkPolicy "
+                    "resource; the Job is not created without it",
+                )
+            return None, Problem(
+                CREATE_FAILED, f"cannot create the {kind}: {exc.status} {exc.message}"
+            )
 
     async def set_suspend(self, key: Key, job: Obj, suspend: bool) -> Obj:
         answer = await self.kube.merge_patch(job, {"spec": {"suspend": suspend}})
@@ -306,12 +310,14 @@ class Reconciler:
         )
         new_status = desired_status(run, observed, now)
         if new_status != dict(old_status):
-            answer = await self.kube.json_patch(
-                run, [{"op": "add", "path": "/status", "value": new_status}], "status"
-            )
+            # a merge patch of the whole status: keys that went away are set to null
+            patch = {k: new_status.get(k) for k in {*old_status, *new_status}}
+            answer = await self.kube.merge_patch(run, {"status": patch}, "status")
             self.views.run_writes.put(key, answer)
-            for event in transition_events(old_status, new_status):
-                await self.recorder.post(run, event.type, event.reason, event.message, now)
+            events = [
+                (e.type, e.reason, e.message) for e in transition_events(old_status, new_status)
+            ]
+            self.recorder.post_soon(run, events, now)  # off the reconcile's critical path
             self._record_metrics(run, old_status, new_status, now)
 
         if retry:

@@ -53,6 +53,7 @@ class Runtime:
             task.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
         await self.queue.stop()
+        await self.recorder.flush()
         await self.kube.close()
 
     async def _process(self, key: Key) -> None:

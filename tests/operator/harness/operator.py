@@ -21,11 +21,13 @@ class OperatorProcess:
         *,
         env: Mapping[str, str] | None = None,
         args: tuple[str, ...] = (),
+        verbose: bool = True,
     ) -> None:
         self.kubeconfig = kubeconfig
         self.log_path = log_path
         self.env = dict(env or {})
         self.args = args
+        self.verbose = verbose
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
@@ -46,7 +48,7 @@ class OperatorProcess:
             "--fast",
             "--metrics-port",
             "0",
-            "--verbose",
+            *(["--verbose"] if self.verbose else []),
             "--resync-seconds",
             "2",
             "--retry-base-seconds",

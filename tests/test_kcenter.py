@@ -379,6 +379,32 @@ def test_f32_recheck_matches_numpy(dim: int) -> None:
         _scan.f32_recheck(x, dim, dim, q, norms, bad, bad * 0, maxsim, assign, 4, thr, lowbar)
 
 
+def test_i8_quantize_matches_the_torch_formula() -> None:
+    from sift_worker.selection import _scan
+
+    rng = np.random.default_rng(3)
+    dim, ld, rows = 37, 64, 50
+    unit = rng.normal(size=(rows, dim)).astype(np.float32)
+    unit /= np.linalg.norm(unit, axis=1, keepdims=True)
+    unit[7] = 0.0  # a zero row keeps scale 1
+    store = np.full((rows + 2, ld), 99, np.int8)
+    scale = np.zeros(rows + 2, np.int16)
+    err = np.empty(rows, np.float32)
+    _scan.i8_quantize(unit, dim, store, ld, 2, scale, err)
+    u = torch.from_numpy(unit)
+    amax = u.abs().amax(dim=1)
+    want_scale = (amax / 127 * (1 + 2.0**-7)).to(torch.bfloat16)
+    want_scale[amax == 0] = 1.0
+    s32 = want_scale.float()
+    q = torch.round(u / s32[:, None]).clamp_(-127, 127)
+    assert scale[2:].tolist() == want_scale.view(torch.int16).tolist()
+    assert (store[2:, :dim] == q.to(torch.int8).numpy()).all()
+    assert (store[2:, dim:] == 0).all()
+    assert (store[:2] == 99).all()  # rows before row0 untouched
+    want_err = (u - q * s32[:, None]).norm(dim=1).numpy()
+    np.testing.assert_allclose(err, want_err, rtol=1e-5, atol=1e-7)
+
+
 def test_kernels_refuse_short_buffers_by_name() -> None:
     from sift_worker.selection import _scan
 

@@ -12,6 +12,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <math.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -98,6 +99,43 @@ static Py_ssize_t i8_scan_c(const int8_t *x, Py_ssize_t ld, const int16_t *q, fl
             pos[count++] = i;
     }
     return count;
+}
+
+/* float32 -> bfloat16 bits, round to nearest even (as torch's .to(torch.bfloat16)). */
+static inline uint16_t f32_to_bf16(float f) {
+    uint32_t bits;
+    memcpy(&bits, &f, sizeof bits);
+    bits += 0x7fffu + ((bits >> 16) & 1u);
+    return (uint16_t)(bits >> 16);
+}
+
+/* Unit rows -> int8 rows with a per-row bfloat16 scale s >= amax / 127 (the
+ * (1 + 2^-7) margin survives the rounding to bfloat16), q = round_half_even(u / s),
+ * and err = |u - q s|: the bound the scan's filter relies on, measured, not assumed. */
+static void i8_quantize_c(const float *u, Py_ssize_t rows, Py_ssize_t dim, int8_t *store,
+                          Py_ssize_t ld, uint16_t *scale, float *err) {
+    for (Py_ssize_t i = 0; i < rows; i++) {
+        const float *r = u + i * dim;
+        int8_t *o = store + i * ld;
+        float amax = 0.0f;
+        for (Py_ssize_t j = 0; j < dim; j++) {
+            float a = fabsf(r[j]);
+            amax = a > amax ? a : amax;
+        }
+        uint16_t sb = amax > 0.0f ? f32_to_bf16(amax / 127.0f * (1.0f + 0x1p-7f)) : 0x3f80u;
+        float s = bf16_to_f32(sb);
+        double e2 = 0.0;
+        for (Py_ssize_t j = 0; j < dim; j++) {
+            float q = nearbyintf(r[j] / s);
+            q = q > 127.0f ? 127.0f : (q < -127.0f ? -127.0f : q);
+            o[j] = (int8_t)q;
+            double d = (double)r[j] - (double)q * (double)s;
+            e2 += d * d;
+        }
+        for (Py_ssize_t j = dim; j < ld; j++) o[j] = 0;
+        scale[i] = sb;
+        err[i] = (float)sqrt(e2);
+    }
 }
 
 /* ---- AVX2 ------------------------------------------------------------------- */
@@ -447,6 +485,38 @@ static PyObject *tile_min(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+PyDoc_STRVAR(i8_quantize_doc,
+             "i8_quantize(u, dim, store, ld, row0, scale, err)\n"
+             "Quantise the float32 rows u (rows x dim) into int8 rows row0.. of store (width ld, "
+             "padding zeroed), their bfloat16 scales (as uint16 bits) into scale[row0..] and "
+             "|u - q s| into err[0..rows).");
+
+static PyObject *i8_quantize(PyObject *self, PyObject *args) {
+    PyObject *uo, *so, *co, *eo;
+    Py_ssize_t dim, ld, row0;
+    Py_buffer v[4];
+    if (!PyArg_ParseTuple(args, "OnOnnOO", &uo, &dim, &so, &ld, &row0, &co, &eo)) return NULL;
+    if (dim < 1 || ld < dim || row0 < 0) {
+        PyErr_SetString(PyExc_ValueError, "bad shape");
+        return NULL;
+    }
+    memset(v, 0, sizeof v);
+    if (get_buf(uo, 0, 0, "u", &v[0], 0) < 0) return NULL;
+    Py_ssize_t rows = v[0].len / 4 / dim;
+    if (get_buf(so, 1, (row0 + rows) * ld, "store", &v[1], 0) < 0 ||
+        get_buf(co, 1, (row0 + rows) * 2, "scale", &v[2], 0) < 0 ||
+        get_buf(eo, 1, rows * 4, "err", &v[3], 0) < 0) {
+        release(v, 4);
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    i8_quantize_c(v[0].buf, rows, dim, (int8_t *)v[1].buf + row0 * ld, ld,
+                  (uint16_t *)v[2].buf + row0, v[3].buf);
+    Py_END_ALLOW_THREADS
+    release(v, 4);
+    Py_RETURN_NONE;
+}
+
 static PyObject *simd(PyObject *self, PyObject *unused) {
     return PyUnicode_FromString(have_avx2() ? "avx2" : "none");
 }
@@ -456,6 +526,7 @@ static PyMethodDef methods[] = {
     {"i8_scan", i8_scan, METH_VARARGS, i8_scan_doc},
     {"f32_recheck", f32_recheck, METH_VARARGS, f32_recheck_doc},
     {"tile_min", tile_min, METH_VARARGS, tile_min_doc},
+    {"i8_quantize", i8_quantize, METH_VARARGS, i8_quantize_doc},
     {"simd", simd, METH_NOARGS, "The instruction set the kernels use here: 'avx2' or 'none'."},
     {NULL, NULL, 0, NULL},
 };

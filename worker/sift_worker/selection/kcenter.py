@@ -309,9 +309,17 @@ class _Greedy:
             p1 = min(p0 + step, self.n)
             x = np.asarray(self.raw[p0:p1], dtype=np.float32)
             self.norms[p0:p1] = _row_norms(x)
-            unit = self._to_unit(x, self.norms[p0:p1])
-            self.mean += unit.sum(dim=0, dtype=torch.float64)
-            self._fill(p0, unit)
+            if self.kind == "float32":  # divide straight into the store: one pass less
+                unit = self.store[p0:p1]
+                xt = torch.from_numpy(np.ascontiguousarray(x)).to(self.dev)
+                torch.div(xt, torch.from_numpy(self.norms[p0:p1]).to(self.dev)[:, None], out=unit)
+            else:
+                unit = self._to_unit(x, self.norms[p0:p1])
+                self._fill(p0, unit)
+            if self.dev.type == "cpu":  # numpy's float64 column sum is ~3x faster here
+                self.mean += torch.from_numpy(np.add.reduce(unit.numpy(), axis=0, dtype=np.float64))
+            else:
+                self.mean += unit.sum(dim=0, dtype=torch.float64)
 
     def _to_unit(self, x: FloatArray, norms: FloatArray) -> torch.Tensor:
         # IEEE division: the same bits as numpy's x / norms
@@ -324,7 +332,14 @@ class _Greedy:
         if self.kind == "float32":
             self.store[p0:p1] = unit
             return
-        if self.kind == "int8":
+        if self.kind == "int8" and self.native:
+            assert _scan is not None
+            err_np = np.empty(p1 - p0, np.float32)
+            scale_bits = self.scale.view(torch.int16).numpy()
+            store = self.store.numpy()
+            _scan.i8_quantize(unit.numpy(), self.dim, store, self.pad_dim, p0, scale_bits, err_np)
+            err = torch.from_numpy(err_np)
+        elif self.kind == "int8":
             # symmetric per-row scale, rounded up to a bfloat16 value so that the
             # kernel's bfloat16 scale is exact and |unit / scale| <= 127
             amax = unit.abs().amax(dim=1)

@@ -17,7 +17,8 @@ from typing import Any
 from sift_worker.api.v1alpha1 import Progress, RunResult, SelectionRunStatus
 
 from sift_operator import conditions as conds
-from sift_operator.children.common import KUEUE_QUEUE_LABEL
+from sift_operator.children.common import KUEUE_QUEUE_LABEL, InvalidRunError, parse_spec
+from sift_operator.children.networkpolicy import storage_endpoints
 
 MAX_CONDITIONS = 16
 IMAGE_PULL_WAITING = frozenset(
@@ -219,6 +220,22 @@ _EGRESS_TEXT = {
 }
 
 
+def _unreachable_storage(run: Mapping[str, Any]) -> str:
+    """A warning when a NetworkPolicy alone leaves the run's buckets unreachable."""
+    try:
+        spec = parse_spec(run)
+    except InvalidRunError:
+        return ""
+    hosts = sorted({host for host, _ in storage_endpoints(spec)})
+    if not hosts or spec.egress.storage_cidrs:
+        return ""
+    shown = ", ".join(hosts[:4]) + (", ..." if len(hosts) > 4 else "")
+    return (
+        f". No storage CIDRs are allowed, so the worker cannot reach {shown} where the CNI "
+        "enforces NetworkPolicy: set spec.egress.storageCIDRs or use egress.mode cilium"
+    )
+
+
 def is_terminal(status: Mapping[str, Any] | None) -> bool:
     """Succeeded or Failed: the run is over; its Job must never be created again."""
     return conds.is_true(status, conds.SUCCEEDED) or conds.is_true(status, conds.FAILED)
@@ -359,7 +376,10 @@ def desired_status(run: Mapping[str, Any], observed: Observed, now: datetime) ->
     # EgressRestricted
     egress = conds.valid_reason(observed.egress, "NoPolicy")
     if egress in conds.EGRESS_ENFORCED:
-        restricted = cond(conds.EGRESS_RESTRICTED, True, egress, _EGRESS_TEXT[egress])
+        text = _EGRESS_TEXT[egress]
+        if egress == conds.EGRESS_NETWORK_POLICY:
+            text += _unreachable_storage(run)
+        restricted = cond(conds.EGRESS_RESTRICTED, True, egress, text)
     else:
         restricted = cond(
             conds.EGRESS_RESTRICTED,

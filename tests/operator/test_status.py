@@ -482,6 +482,19 @@ def test_a_secret_deleted_after_the_job_exists_does_not_unaccept_the_run() -> No
     assert pending["conditions"][2]["reason"] == "SecretNotFound"
 
 
+def test_buckets_without_storage_cidrs_are_called_out() -> None:
+    doc = run()
+    doc["spec"]["egress"]["storageCIDRs"] = []
+    status = desired_status(doc, Observed(1, None), T0)
+    message = status["conditions"][5]["message"]
+    assert "cannot reach" in message
+    assert "s3.amazonaws.com" in message
+    assert "spec.egress.storageCIDRs" in message
+    # pinned CIDRs, a volume datasource or Cilium's toFQDNs: nothing to say
+    assert "cannot reach" not in _render("running")["conditions"][5]["message"]
+    assert "cannot reach" not in _render("running-cilium")["conditions"][5]["message"]
+
+
 def test_decided_outcome_never_flips() -> None:
     doc = run(status=_render("succeeded"))
     weird = Observed(1, job(conditions=[jcond("Failed", "BackoffLimitExceeded")]))

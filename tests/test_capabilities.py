@@ -24,8 +24,31 @@ BASE: dict[str, Any] = {
 }
 
 CASES = [
-    ("datasource.input", {"s3": {"bucket": "raw"}}, "spec.datasource.input.s3"),
-    ("datasource.output", {"gcs": {"bucket": "out"}}, "spec.datasource.output.gcs"),
+    (
+        "datasource.input",
+        {"s3": {"bucket": "raw"}, "credentialsSecret": "s3-reader"},
+        "spec.datasource.input.credentialsSecret",
+    ),
+    (
+        "datasource.output",
+        {"gcs": {"bucket": "out"}, "credentialsSecret": "gcs-writer"},
+        "spec.datasource.output.credentialsSecret",
+    ),
+    (
+        "input",
+        {"type": "videos", "embeddings": {"model": "tiny"}, "_input_s3": True},
+        "spec.datasource.input.s3",
+    ),
+    (
+        "input",
+        {"embeddings": {"model": "tiny"}, "metadata": {}, "_input_s3": True},
+        "spec.datasource.input.s3",
+    ),
+    (
+        "selection.datapool",
+        {"name": "pool", "_output_azure": True},
+        "spec.datasource.output.azure",
+    ),
     (
         "datasource.input",
         {"volume": {"path": "x", "claimName": "pvc"}},
@@ -48,6 +71,11 @@ CASES = [
 
 def _with(path: str, value: Any) -> dict[str, Any]:
     doc = copy.deepcopy(BASE)
+    value = copy.deepcopy(value)
+    if isinstance(value, dict) and value.pop("_input_s3", False):
+        doc["spec"]["datasource"]["input"] = {"s3": {"bucket": "raw"}}
+    if isinstance(value, dict) and value.pop("_output_azure", False):
+        doc["spec"]["datasource"]["output"] = {"azure": {"account": "acct", "container": "out"}}
     node = doc["spec"]
     *parents, last = path.split(".")
     for part in parents:
@@ -73,6 +101,10 @@ SUPPORTED = [
     ("selection.removeDuplicates", {"maxDistance": 0.1}),
     ("selection.datapool", {"name": "pool"}),
     ("selection.strategies", []),
+    ("datasource.input", {"s3": {"bucket": "raw", "prefix": "cams/"}}),
+    ("datasource.input", {"gcs": {"bucket": "raw"}}),
+    ("datasource.output", {"azure": {"account": "acct", "container": "out"}}),
+    ("selection.removeDuplicates", {"maxDistance": 0.1, "_input_s3": True}),
     (
         "selection.strategies",
         [

@@ -1,8 +1,8 @@
 """What this worker release can run, so nothing in a valid spec is silently ignored.
 
 Every block of the SelectionRun model exists from the start; blocks whose
-behaviour arrives in a later release (object storage, embedding training, reporting)
-are refused here with the field path.
+behaviour arrives in a later release (the in-cluster broker, side files and datapools
+in object storage, embedding training, reporting) are refused here with the field path.
 """
 
 from __future__ import annotations
@@ -12,13 +12,54 @@ from sift_worker.api.v1alpha1 import SelectionRun, StorageLocation
 
 def _storage(path: str, loc: StorageLocation) -> list[str]:
     problems = []
-    for backend in ("s3", "gcs", "azure"):
-        if getattr(loc, backend) is not None:
-            problems.append(f"{path}.{backend}: {backend} storage is not supported yet; use volume")
+    if loc.credentials_secret is not None:
+        problems.append(
+            f"{path}.credentialsSecret: a Secret is read by the operator's broker in a cluster, "
+            "which is not supported yet; locally omit it and give your own credentials in the "
+            "environment (AWS_* or ~/.aws, GOOGLE_APPLICATION_CREDENTIALS, "
+            "AZURE_STORAGE_CONNECTION_STRING or AZURE_STORAGE_KEY)"
+        )
     if loc.volume is not None and loc.volume.claim_name is not None:
         problems.append(
             f"{path}.volume.claimName: a PersistentVolumeClaim needs a cluster; "
             "locally give only volume.path"
+        )
+    return problems
+
+
+def _backend(loc: StorageLocation) -> str | None:
+    for backend in ("s3", "gcs", "azure"):
+        if getattr(loc, backend) is not None:
+            return backend
+    return None
+
+
+def _remote(run: SelectionRun) -> list[str]:
+    """What object storage cannot do yet (the volume path reads side files from disk)."""
+    spec = run.spec
+    problems = []
+    backend = _backend(spec.datasource.input)
+    if backend is not None:
+        path = f"spec.datasource.input.{backend}"
+        if spec.input.type != "images":
+            problems.append(
+                f"{path}: input type {spec.input.type!r} from object storage is not supported "
+                "yet (images only); use a volume"
+            )
+        for name, block in (
+            ("metadata", spec.input.metadata),
+            ("predictions", spec.input.predictions),
+        ):
+            if block is not None:
+                problems.append(
+                    f"{path}: spec.input.{name} from object storage is not supported yet; "
+                    "use a volume"
+                )
+    backend = _backend(spec.datasource.output)
+    if backend is not None and spec.selection.datapool is not None:
+        problems.append(
+            f"spec.datasource.output.{backend}: a datapool in object storage is not supported "
+            "yet; use a volume output"
         )
     return problems
 
@@ -28,6 +69,7 @@ def unsupported_features(run: SelectionRun) -> list[str]:
     spec = run.spec
     problems = _storage("spec.datasource.input", spec.datasource.input)
     problems += _storage("spec.datasource.output", spec.datasource.output)
+    problems += _remote(run)
     emb = spec.input.embeddings
     if emb.train is not None:
         problems.append(

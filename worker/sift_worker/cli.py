@@ -91,7 +91,9 @@ def _execute(args: argparse.Namespace) -> int:
         summary.selected,
         summary.embedded,
         summary.corrupt,
-        summary.output / "report.html",
+        f"{summary.location.rstrip('/')}/report.html"
+        if summary.location
+        else summary.output / "report.html",
         extra={"selected": summary.selected, "total": summary.embedded, "corrupt": summary.corrupt},
     )
     return EXIT_OK
@@ -120,6 +122,15 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_CONFIG
     except KeyboardInterrupt:
         log.error("interrupted")
+        return EXIT_FAILED
+    except Exception as exc:
+        # storage and fetch errors name the bucket or object (never a signed URL)
+        from sift_worker.fetch import EgressRefusedError, FetchError
+        from sift_worker.storage import StorageError
+
+        if not isinstance(exc, StorageError | FetchError | EgressRefusedError):
+            raise
+        log.error("%s", exc, extra={"error": type(exc).__name__})
         return EXIT_FAILED
 
 

@@ -17,7 +17,7 @@ import torch
 from sift_worker.imaging import CorruptImage
 from sift_worker.models import EmbeddingModel, embed_batch
 from sift_worker.progress import StageProgress
-from sift_worker.sources.samples import SampleRef, iter_decoded_samples
+from sift_worker.sources.samples import ObjectReader, SampleRef, iter_decoded_samples
 
 
 @dataclass
@@ -46,7 +46,7 @@ class _Rows:
 
 
 def embed_samples(
-    root: Path,
+    root: Path | ObjectReader,
     samples: Iterable[str | SampleRef],
     model: EmbeddingModel,
     *,

@@ -25,10 +25,12 @@ from sift_worker import explain
 from sift_worker.api.v1alpha1 import SelectionRun
 from sift_worker.capabilities import unsupported_features
 from sift_worker.config import ConfigError
+from sift_worker.dataplane import DataPlane, RemoteInput, open_data_plane
 from sift_worker.datapool import PoolError, save_pool
 from sift_worker.embed import Embedded, embed_samples
 from sift_worker.embeddings_file import EmbeddingsFileError, load_embeddings_file
-from sift_worker.imaging import CorruptImage, make_thumbnail
+from sift_worker.fetch import FetchError
+from sift_worker.imaging import IMAGE_EXTENSIONS, CorruptImage, make_thumbnail
 from sift_worker.inputs import InputProblem
 from sift_worker.models import WeightsError, build_model
 from sift_worker.outputs import (
@@ -51,6 +53,8 @@ from sift_worker.sources import read_relevant_filenames
 from sift_worker.sources.objects import crop_thumbnail
 from sift_worker.sources.samples import SampleRef
 from sift_worker.sources.video import frame_thumbnail
+from sift_worker.sources.volume import parse_relevant_filenames
+from sift_worker.storage import StorageError
 from sift_worker.values import MissingInputError, build_values
 
 log = logging.getLogger("sift.run")
@@ -74,6 +78,7 @@ class RunSummary:
     selected: int
     stop_reason: str
     timings: dict[str, float] = field(default_factory=dict)
+    location: str = ""  # where the artifacts are: the folder, or s3://bucket/prefix/
 
 
 class _Timer:
@@ -113,28 +118,39 @@ def preflight(run: SelectionRun, source: str) -> tuple[Path, Path]:
                 "(the next run would list its own thumbnails as input)"
             ],
         )
+    _check_local_files(run, source)
+    return input_dir, output_dir
+
+
+def _check_local_files(run: SelectionRun, source: str) -> None:
     emb = run.spec.input.embeddings
     for name, loc in (("weights", emb.weights), ("file", emb.file)):
         if loc is not None and loc.path is not None and not Path(loc.path).is_file():
             raise ConfigError(
                 source, [f"spec.input.embeddings.{name}.path: no such file: {loc.path}"]
             )
-    return input_dir, output_dir
 
 
-def _relevant(run: SelectionRun, input_dir: Path, source: str) -> set[str] | None:
+def _relevant(run: SelectionRun, source_root: Path | RemoteInput, source: str) -> set[str] | None:
     rel = run.spec.datasource.relevant_filenames
     if rel is None:
         return None
     try:
-        return set(read_relevant_filenames(input_dir / rel))
-    except (OSError, ValueError) as exc:
+        if isinstance(source_root, Path):
+            return set(read_relevant_filenames(source_root / rel))
+        key = Path(rel).as_posix()
+        try:
+            text = source_root.read_text(key)
+        except (FetchError, CorruptImage) as exc:
+            raise ValueError(f"{source_root.uri(key)}: {getattr(exc, 'reason', exc)}") from None
+        return set(parse_relevant_filenames(text, source_root.uri(key)))
+    except (OSError, ValueError, StorageError) as exc:
         raise ConfigError(source, [f"spec.datasource.relevantFilenames: {exc}"]) from None
 
 
 def _embed(
     run: SelectionRun,
-    input_dir: Path,
+    input_dir: Path | RemoteInput,
     relevant: set[str] | None,
     settings: RunSettings,
     progress: Progress,
@@ -143,8 +159,13 @@ def _embed(
     spec = run.spec.input
     emb = spec.embeddings
     with timer("list"):
-        plan = plan_samples(input_dir, spec, relevant)
-    log.info("listed %d files in %s (input type %s)", len(plan.files), input_dir, spec.type)
+        if isinstance(input_dir, Path):
+            plan = plan_samples(input_dir, spec, relevant)
+        else:  # object storage: images only (capabilities refuse the rest)
+            files = input_dir.list(IMAGE_EXTENSIONS, relevant)
+            plan = SamplePlan(files=files, samples=list(files))
+    label = input_dir if isinstance(input_dir, Path) else input_dir.uri()
+    log.info("listed %d files in %s (input type %s)", len(plan.files), label, spec.type)
     if emb.file is not None:
         assert emb.file.path is not None
         names_path = (
@@ -197,7 +218,9 @@ def _embed(
     return plan, embedded, model_desc
 
 
-def _thumbnail(input_dir: Path, ref: SampleRef) -> bytes:
+def _thumbnail(input_dir: Path | RemoteInput, ref: SampleRef) -> bytes:
+    if not isinstance(input_dir, Path):
+        return make_thumbnail(input_dir.read_bytes(ref.file))
     path = input_dir / ref.file
     if ref.box is not None:
         return crop_thumbnail(path, ref.box)
@@ -207,7 +230,7 @@ def _thumbnail(input_dir: Path, ref: SampleRef) -> bytes:
 
 
 def _thumbnails(
-    input_dir: Path, picks: Sequence[tuple[int, SampleRef]], workers: int
+    input_dir: Path | RemoteInput, picks: Sequence[tuple[int, SampleRef]], workers: int
 ) -> list[Thumbnail]:
     def one(item: tuple[int, SampleRef]) -> Thumbnail | None:
         rank, ref = item
@@ -235,11 +258,14 @@ def _select(
     run: SelectionRun,
     embedded: Embedded,
     plan: SamplePlan,
-    input_dir: Path,
+    source_root: Path | RemoteInput,
     output_dir: Path,
     settings: RunSettings,
 ) -> tuple[SelectStage, dict[str, Any], list[InputProblem]]:
     spec = run.spec
+    # object storage: no side files (refused by capabilities), no content hashes
+    local = isinstance(source_root, Path)
+    input_dir = source_root if isinstance(source_root, Path) else Path()
     try:
         values, problems = build_values(
             input_dir, embedded.refs, plan.files, spec.input, spec.selection, plan.predictions
@@ -250,7 +276,7 @@ def _select(
             spec.selection,
             input_dir=input_dir,
             output_dir=output_dir,
-            hash_files=spec.input.type == "images",
+            hash_files=spec.input.type == "images" and local,
         )
     except (MissingInputError, SelectionInputError, PoolError) as exc:
         raise ConfigError(settings.source, [str(exc)]) from None
@@ -260,8 +286,25 @@ def _select(
 
 
 def run_selection(run: SelectionRun, settings: RunSettings, progress: Progress) -> RunSummary:
+    """Run one SelectionRun: a folder, or object storage through signed URLs."""
+    problems = unsupported_features(run)
+    if problems:
+        raise ConfigError(settings.source, problems)
+    _check_local_files(run, settings.source)
+    with open_data_plane(run, lambda: preflight(run, settings.source)) as plane:
+        summary = _run_selection(run, settings, progress, plane)
+        if plane.upload is not None:
+            with progress.stage("upload", None):
+                plane.upload.upload_dir(plane.output_dir)
+        summary.location = plane.output_label
+        return summary
+
+
+def _run_selection(
+    run: SelectionRun, settings: RunSettings, progress: Progress, plane: DataPlane
+) -> RunSummary:
     started = datetime.now(UTC)
-    input_dir, output_dir = preflight(run, settings.source)
+    input_dir, output_dir = plane.input, plane.output_dir
     relevant = _relevant(run, input_dir, settings.source)
     timer = _Timer()
     torch.set_num_threads(settings.threads)

@@ -18,7 +18,7 @@ from collections.abc import Container, Iterator
 
 from sift_worker.imaging import IMAGE_EXTENSIONS
 
-__all__ = ["iter_volume_files", "read_relevant_filenames"]
+__all__ = ["iter_volume_files", "parse_relevant_filenames", "read_relevant_filenames"]
 
 logger = logging.getLogger(__name__)
 
@@ -107,7 +107,11 @@ def read_relevant_filenames(path: pathlib.Path) -> list[str]:
         ) from exc
     except UnicodeDecodeError as exc:
         raise ValueError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+    return parse_relevant_filenames(text, str(path))
 
+
+def parse_relevant_filenames(text: str, path: str) -> list[str]:
+    """:func:`read_relevant_filenames` on text already read (``path`` names it in errors)."""
     names: dict[str, None] = {}
     for lineno, line in enumerate(text.splitlines(), start=1):
         name = line.strip()

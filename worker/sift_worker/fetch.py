@@ -1,0 +1,382 @@
+"""The worker's one HTTP client: egress guard, pooled connections, retries, URL refresh.
+
+Every outgoing request of the worker's data plane goes through a :class:`Fetcher`:
+
+* **Egress guard.** The transport refuses any host that is not on the run's allowlist
+  (storage hosts from the signer/broker, the broker, the results API) before a
+  connection is opened: :class:`EgressRefusedError` names the host (never a path or
+  query) and ``sift_worker_egress_refused_total`` counts refusals. Redirects are not
+  followed, so a storage server cannot send the worker elsewhere.
+* **Pooling and bounded concurrency.** One ``httpx.Client`` with keep-alive, at most
+  ``concurrency`` requests in flight (a semaphore; threads beyond it wait).
+* **Retries.** 5xx, 429, timeouts and connection errors are retried with exponential
+  backoff and full jitter (tenacity), honouring ``Retry-After``, within an attempt and a
+  time budget; then :class:`FetchError` names the object and the last problem.
+* **Refresh.** A URL about to expire is re-signed through the ``refresh`` callback (the
+  broker, or the in-process signer) before it is used; a 400/403 that says "expired"
+  triggers one refresh too.
+* **Secrets.** Signed URLs carry credentials in their query strings: messages carry
+  the object's name, never the URL; the loggers of the HTTP stacks get the redacting
+  filter of :mod:`sift_worker.logs`, so even their debug lines drop query strings.
+
+Bodies are read into memory as they stream (bounded by ``max_bytes``) and handed to
+the decoder as bytes: no temporary file per object.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import random
+import threading
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime, timedelta
+
+import httpx
+from prometheus_client import CollectorRegistry, Counter
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    stop_after_delay,
+)
+
+from sift_worker.logs import RedactingFilter, redact
+from sift_worker.storage.base import SignedURL
+
+__all__ = [
+    "REGISTRY",
+    "EgressRefusedError",
+    "FetchError",
+    "Fetcher",
+    "ObjectGoneError",
+    "RetryPolicy",
+    "install_redaction",
+]
+
+log = logging.getLogger("sift.fetch")
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+EGRESS_REFUSED = Counter(
+    "sift_worker_egress_refused",
+    "Requests refused by the in-process egress guard (host not on the allowlist)",
+    registry=REGISTRY,
+)
+FETCH_RETRIES = Counter(
+    "sift_worker_fetch_retries", "Requests retried after a transient failure", registry=REGISTRY
+)
+FETCH_FAILURES = Counter(
+    "sift_worker_fetch_failures", "Requests that failed after every retry", registry=REGISTRY
+)
+URL_REFRESHES = Counter(
+    "sift_worker_url_refreshes", "Signed URLs re-signed before or after expiry", registry=REGISTRY
+)
+
+_HTTP_LOGGERS = (
+    "httpx",
+    "httpcore",
+    "httpcore.connection",
+    "httpcore.http11",
+    "httpcore.http2",
+    "urllib3",
+    "urllib3.connectionpool",
+    "botocore",
+    "botocore.endpoint",
+    "botocore.auth",
+    "azure",
+    "azure.core.pipeline.policies.http_logging_policy",
+    "google.auth",
+    "google.cloud.storage",
+)
+_REDACTION_INSTALLED = False
+
+
+def install_redaction() -> None:
+    """Put the redacting filter on the HTTP stacks' loggers (before any handler runs)."""
+    global _REDACTION_INSTALLED
+    if _REDACTION_INSTALLED:
+        return
+    for name in _HTTP_LOGGERS:
+        logging.getLogger(name).addFilter(RedactingFilter())
+    _REDACTION_INSTALLED = True
+
+
+class EgressRefusedError(Exception):
+    """A request to a host that is not on the run's allowlist."""
+
+    def __init__(self, host: str) -> None:
+        self.host = host
+        super().__init__(
+            f"egress refused: host {host!r} is not on this run's allowlist "
+            "(storage, broker and results API hosts only)"
+        )
+
+
+class FetchError(Exception):
+    """A request failed for good; ``name`` is the object (a key or a URI), never a URL."""
+
+    def __init__(self, name: str, reason: str, status: int | None = None) -> None:
+        self.name = name
+        self.reason = redact(reason)
+        self.status = status
+        super().__init__(f"{name}: {self.reason}")
+
+
+class ObjectGoneError(FetchError):
+    """404: the object was listed but does not exist (any more)."""
+
+
+class _RetryableError(Exception):
+    def __init__(self, reason: str, retry_after: float | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_after = retry_after
+
+
+class _ExpiredError(Exception):
+    pass
+
+
+class RetryPolicy:
+    """Attempts and time budget; backoff ``min(cap, base * 2**n)`` with full jitter."""
+
+    def __init__(
+        self,
+        attempts: int = 6,
+        budget: float = 120.0,
+        base: float = 0.25,
+        cap: float = 10.0,
+        max_retry_after: float = 30.0,
+    ) -> None:
+        self.attempts = attempts
+        self.budget = budget
+        self.base = base
+        self.cap = cap
+        self.max_retry_after = max_retry_after
+
+    def wait(self, state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome is not None else None
+        if isinstance(exc, _RetryableError) and exc.retry_after is not None:
+            return min(exc.retry_after, self.max_retry_after)
+        return random.uniform(0, min(self.cap, self.base * 2 ** (state.attempt_number - 1)))
+
+
+class _GuardTransport(httpx.BaseTransport):
+    def __init__(self, inner: httpx.BaseTransport, allowed: Callable[[str, int | None], bool]):
+        self._inner = inner
+        self._allowed = allowed
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        host = request.url.host.lower()
+        if not self._allowed(host, request.url.port):
+            EGRESS_REFUSED.inc()
+            log.warning("egress refused: host %s is not on the allowlist", host)
+            raise EgressRefusedError(host)
+        return self._inner.handle_request(request)
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+_EXPIRED_MARKERS = (b"expired", b"Expired", b"ExpiredToken", b"not valid at this time")
+
+Refresh = Callable[[str], SignedURL]
+"""Re-sign one key (the broker's ``sign`` endpoint, or the in-process signer)."""
+
+
+class Fetcher:
+    """The guarded, pooled, retrying HTTP client. Thread-safe; close it (or use ``with``)."""
+
+    def __init__(
+        self,
+        allowed_hosts: Iterable[str],
+        *,
+        concurrency: int = 16,
+        timeout: float = 30.0,
+        connect_timeout: float = 10.0,
+        retry: RetryPolicy | None = None,
+        refresh: Refresh | None = None,
+        refresh_margin: timedelta = timedelta(seconds=60),
+        max_bytes: int = 1024**3,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        install_redaction()
+        self._allow = self._parse_allowlist(allowed_hosts)
+        self.retry = retry or RetryPolicy()
+        self.refresh = refresh
+        self.refresh_margin = refresh_margin
+        self.max_bytes = max_bytes
+        self._slots = threading.BoundedSemaphore(max(1, concurrency))
+        inner = transport or httpx.HTTPTransport(
+            limits=httpx.Limits(
+                max_connections=max(1, concurrency), max_keepalive_connections=max(1, concurrency)
+            ),
+            retries=0,
+        )
+        self._client = httpx.Client(
+            transport=_GuardTransport(inner, self._allowed),
+            timeout=httpx.Timeout(timeout, connect=connect_timeout),
+            follow_redirects=False,
+        )
+
+    # --- allowlist ----------------------------------------------------------------------
+
+    @staticmethod
+    def _parse_allowlist(hosts: Iterable[str]) -> set[tuple[str, int | None]]:
+        out: set[tuple[str, int | None]] = set()
+        for entry in hosts:
+            entry = entry.strip().lower()
+            if not entry:
+                continue
+            host, sep, port = entry.rpartition(":")
+            if sep and port.isdigit() and "]" not in port:
+                out.add((host.strip("[]"), int(port)))
+            else:
+                out.add((entry.strip("[]"), None))
+        return out
+
+    def _allowed(self, host: str, port: int | None) -> bool:
+        return (host, None) in self._allow or (host, port) in self._allow
+
+    def allow(self, hosts: Iterable[str]) -> None:
+        """Add hosts (e.g. new storage hosts handed over by the broker)."""
+        self._allow |= self._parse_allowlist(hosts)
+
+    # --- requests -----------------------------------------------------------------------
+
+    def get_bytes(self, signed: SignedURL, name: str | None = None) -> bytes:
+        """GET a signed URL and return the body; ``name`` (default: the key) names errors."""
+        return self._call(signed, name or signed.key, lambda url: self._get(url, signed, name))
+
+    def put_bytes(self, signed: SignedURL, data: bytes, name: str | None = None) -> None:
+        """PUT ``data`` to a signed upload URL (with the headers the signature requires)."""
+        self._call(signed, name or signed.key, lambda url: self._put(url, data))
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> Fetcher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- internals ----------------------------------------------------------------------
+
+    def _call(self, signed: SignedURL, name: str, send: Callable[[SignedURL], bytes]) -> bytes:
+        current = [signed]
+        refreshed_after_error = False
+
+        def attempt() -> bytes:
+            nonlocal refreshed_after_error
+            if self.refresh is not None and current[0].expires_within(self.refresh_margin):
+                current[0] = self._refresh(current[0].key, name)
+            try:
+                return send(current[0])
+            except _ExpiredError:
+                if self.refresh is None or refreshed_after_error:
+                    raise FetchError(name, "the signed URL has expired", 403) from None
+                refreshed_after_error = True
+                current[0] = self._refresh(current[0].key, name)
+                return send(current[0])
+
+        def before_sleep(state: RetryCallState) -> None:
+            FETCH_RETRIES.inc()
+            exc = state.outcome.exception() if state.outcome else None
+            log.info(
+                "retrying %s %s (attempt %d): %s",
+                signed.method,
+                name,
+                state.attempt_number,
+                getattr(exc, "reason", type(exc).__name__),
+            )
+
+        retrying = Retrying(
+            retry=retry_if_exception_type(_RetryableError),
+            stop=stop_after_attempt(self.retry.attempts) | stop_after_delay(self.retry.budget),
+            wait=self.retry.wait,
+            before_sleep=before_sleep,
+            reraise=True,
+        )
+        with self._slots:
+            try:
+                return retrying(attempt)
+            except _RetryableError as exc:
+                FETCH_FAILURES.inc()
+                raise FetchError(
+                    name,
+                    f"{signed.method} failed after {self.retry.attempts} attempts or "
+                    f"{self.retry.budget:g} s: {exc.reason}",
+                ) from None
+            except _ExpiredError:
+                FETCH_FAILURES.inc()
+                raise FetchError(name, "the signed URL has expired", 403) from None
+
+    def _refresh(self, key: str, name: str) -> SignedURL:
+        assert self.refresh is not None
+        URL_REFRESHES.inc()
+        try:
+            return self.refresh(key)
+        except Exception as exc:
+            raise FetchError(name, f"re-signing failed: {redact(str(exc))}") from None
+
+    def _get(self, url: SignedURL, signed: SignedURL, name: str | None) -> bytes:
+        label = name or signed.key
+        try:
+            with self._client.stream("GET", url.url, headers=dict(url.headers)) as resp:
+                self._check(resp, label)
+                declared = resp.headers.get("content-length")
+                if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+                    raise FetchError(label, f"object too large: {declared} bytes")
+                body = bytearray()
+                for chunk in resp.iter_bytes():
+                    body += chunk
+                    if len(body) > self.max_bytes:
+                        raise FetchError(label, f"object too large: over {self.max_bytes} bytes")
+                return bytes(body)
+        except httpx.TimeoutException as exc:
+            raise _RetryableError(f"timed out ({type(exc).__name__})") from None
+        except httpx.TransportError as exc:
+            raise _RetryableError(f"connection error ({type(exc).__name__})") from None
+
+    def _put(self, url: SignedURL, data: bytes) -> bytes:
+        try:
+            resp = self._client.put(url.url, content=data, headers=dict(url.headers))
+        except httpx.TimeoutException as exc:
+            raise _RetryableError(f"timed out ({type(exc).__name__})") from None
+        except httpx.TransportError as exc:
+            raise _RetryableError(f"connection error ({type(exc).__name__})") from None
+        self._check(resp, url.key)
+        return b""
+
+    def _check(self, resp: httpx.Response, name: str) -> None:
+        status = resp.status_code
+        if status < 300:
+            return
+        if status == 429 or status >= 500:
+            raise _RetryableError(f"HTTP {status}", _retry_after(resp.headers.get("retry-after")))
+        if status in (400, 401, 403):
+            body = resp.read()[:2048]
+            if any(m in body for m in _EXPIRED_MARKERS):
+                raise _ExpiredError()
+            raise FetchError(name, f"HTTP {status}: access refused", status)
+        if status == 404:
+            raise ObjectGoneError(name, "HTTP 404: the object does not exist (any more)", 404)
+        raise FetchError(name, f"HTTP {status}", status)

@@ -108,6 +108,7 @@ def run_operator(args: argparse.Namespace) -> int:
         return 2
     operator_main.CONFIG.settings = settings
     operator_main.CONFIG.fast = args.fast
+    operator_main.CONFIG.peering_mandatory = args.peering is not None and not args.standalone
     operator_main.CONFIG.options = Options(
         retry_base_seconds=args.retry_base_seconds,
         retry_max_seconds=args.retry_max_seconds,

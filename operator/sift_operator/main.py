@@ -36,13 +36,16 @@ class Config:
     settings: OperatorSettings = field(default_factory=OperatorSettings)
     options: Options = field(default_factory=Options)
     fast: bool = False  # short kopf timeouts (tests, benchmarks)
+    peering_mandatory: bool = False  # --peering NAME given: no silent standalone fallback
 
 
 CONFIG = Config()
 _state: dict[str, Runtime] = {}
 
 
-def configure_kopf(settings: kopf.OperatorSettings, *, fast: bool = False) -> None:
+def configure_kopf(
+    settings: kopf.OperatorSettings, *, fast: bool = False, peering_mandatory: bool = False
+) -> None:
     """kopf's own settings: Sift-prefixed storage, no namespace scanning, events, timeouts."""
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
@@ -57,12 +60,14 @@ def configure_kopf(settings: kopf.OperatorSettings, *, fast: bool = False) -> No
     settings.watching.client_timeout = 330
     settings.networking.request_timeout = 30
     settings.batching.batch_window = 0.02
+    if peering_mandatory:
+        settings.peering.mandatory = True
     if fast:
         settings.batching.idle_timeout = 1.0
         settings.batching.exit_timeout = 1.0
         settings.watching.reconnect_backoff = 0.2
         settings.networking.connect_timeout = 5
-        settings.peering.lifetime = 10
+        settings.peering.lifetime = 4
 
 
 def runtime() -> Runtime:
@@ -77,7 +82,7 @@ def _snapshot(body: Any) -> dict[str, Any]:
 
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, **kwargs: Any) -> None:
-    configure_kopf(settings, fast=CONFIG.fast)
+    configure_kopf(settings, fast=CONFIG.fast, peering_mandatory=CONFIG.peering_mandatory)
     kube = Kube(connection_from_environment())
     rt = Runtime(
         CONFIG.settings,

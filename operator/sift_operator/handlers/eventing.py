@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import os
 import socket
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -34,7 +35,8 @@ def event_name(run_name: str, key: str) -> str:
 class EventRecorder:
     def __init__(self, kube: Kube, *, instance: str | None = None) -> None:
         self.kube = kube
-        self.instance = instance or socket.gethostname()
+        # which replica acted: the pod's name (downward API) or the host name
+        self.instance = instance or os.environ.get("POD_NAME") or socket.gethostname()
         self._counts: OrderedDict[str, int] = OrderedDict()  # event name -> count (bounded)
         self.posted = 0
         self._tasks: set[asyncio.Task[None]] = set()

@@ -127,12 +127,18 @@ class Cluster:
 
 @contextlib.contextmanager
 def start_cluster(
-    tmp: Path, *, env: Mapping[str, str] | None = None, args: tuple[str, ...] = ()
+    tmp: Path,
+    *,
+    env: Mapping[str, str] | None = None,
+    args: tuple[str, ...] = (),
+    standalone: bool = True,
 ) -> Iterator[Cluster]:
     with EmulatorServer() as server:
         kube = Kube(server.url)
         kubeconfig = server.write_kubeconfig(tmp / "kubeconfig.yaml")
-        operator = OperatorProcess(kubeconfig, tmp / "operator.log", env=env, args=args)
+        operator = OperatorProcess(
+            kubeconfig, tmp / "operator.log", env=env, args=args, standalone=standalone
+        )
         try:
             operator.start()
             operator.wait_for_log("sift operator started", 30)

@@ -61,6 +61,7 @@ RESOURCES: dict[str, tuple[str, str, set[str], bool]] = {
         True,
     ),
     "kopf.dev/v1/kopfpeerings": ("KopfPeering", "kopfpeering", set(), True),
+    "kopf.dev/v1/clusterkopfpeerings": ("ClusterKopfPeering", "clusterkopfpeering", set(), False),
 }
 
 

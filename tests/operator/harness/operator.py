@@ -22,12 +22,14 @@ class OperatorProcess:
         env: Mapping[str, str] | None = None,
         args: tuple[str, ...] = (),
         verbose: bool = True,
+        standalone: bool = True,
     ) -> None:
         self.kubeconfig = kubeconfig
         self.log_path = log_path
         self.env = dict(env or {})
         self.args = args
         self.verbose = verbose
+        self.standalone = standalone
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
@@ -44,7 +46,7 @@ class OperatorProcess:
         cmd = [
             *OPERATOR,
             "run",
-            "--standalone",
+            *(["--standalone"] if self.standalone else []),
             "--fast",
             "--metrics-port",
             "0",

@@ -31,6 +31,7 @@ PATHS = {
     ("networking.k8s.io/v1", "NetworkPolicy"): "networkpolicies",
     ("cilium.io/v2", "CiliumNetworkPolicy"): "ciliumnetworkpolicies",
     ("kopf.dev/v1", "KopfPeering"): "kopfpeerings",
+    ("kopf.dev/v1", "ClusterKopfPeering"): "clusterkopfpeerings",
 }
 KINDS = {plural: key for key, plural in PATHS.items()}
 

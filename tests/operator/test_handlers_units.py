@@ -1,0 +1,248 @@
+"""The runtime's pure and in-memory parts, table-style: admission order, overlays, the
+work queue, API CIDR resolution, spec hashes, Event aggregation."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from sift_operator.handlers import observe
+from sift_operator.handlers.admission import admitted
+from sift_operator.handlers.eventing import EventRecorder
+from sift_operator.handlers.observe import Overlay, Views
+from sift_operator.handlers.reconcile import Options, Reconciler, resolve_host, spec_hash
+from sift_operator.handlers.workqueue import WorkQueue
+from sift_operator.kube import ApiError
+from sift_operator.settings import OperatorSettings
+from sift_worker.api.v1alpha1 import SelectionRunSpec
+
+NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+
+
+def _run(name: str, created: str = "2026-12-01T10:00:00Z", **spec: Any) -> dict[str, Any]:
+    return {
+        "metadata": {"name": name, "namespace": "ns", "creationTimestamp": created},
+        "spec": spec,
+        "status": {},
+    }
+
+
+def _job(suspend: bool, finished: bool = False) -> dict[str, Any]:
+    conds = [{"type": "Complete", "status": "True"}] if finished else []
+    return {"spec": {"suspend": suspend}, "status": {"conditions": conds}}
+
+
+RUNNING, WAITING, DONE = _job(False), _job(True), _job(False, finished=True)
+
+
+@pytest.mark.parametrize(
+    ("pairs", "limit", "expected"),
+    [
+        # two slots, nothing running: the two oldest start
+        (
+            [(_run("c", "T3"), None), (_run("a", "T1"), None), (_run("b", "T2"), None)],
+            2,
+            {"a", "b"},
+        ),
+        # same second: the name decides
+        ([(_run("b"), None), (_run("a"), None), (_run("c"), None)], 1, {"a"}),
+        # one slot held by a running Job
+        ([(_run("r"), RUNNING), (_run("w1"), WAITING), (_run("w2"), WAITING)], 2, {"w1"}),
+        # a finished Job frees its slot
+        ([(_run("r"), DONE), (_run("w1"), WAITING), (_run("w2"), WAITING)], 1, {"w1"}),
+        # Kueue runs and suspended runs take no slot and are never admitted here
+        (
+            [
+                (_run("k", worker={"queueName": "q"}), RUNNING),
+                (_run("s", suspend=True), WAITING),
+                (_run("w"), WAITING),
+            ],
+            1,
+            {"w"},
+        ),
+        # a terminal run never comes back
+        ([({**_run("t"), "status": {"phase": "Failed"}}, None), (_run("w"), None)], 1, {"w"}),
+        # full: nobody
+        ([(_run("r1"), RUNNING), (_run("r2"), RUNNING), (_run("w"), WAITING)], 2, set()),
+    ],
+)
+def test_admission_takes_the_oldest_waiting_runs(
+    pairs: list[tuple[dict[str, Any], dict[str, Any] | None]], limit: int, expected: set[str]
+) -> None:
+    assert {name for _, name in admitted(pairs, limit)} == expected
+
+
+def test_admission_counts_pending_and_skips_blocked_runs() -> None:
+    pairs = [(_run("a", "T1"), None), (_run("b", "T2"), None), (_run("c", "T3"), None)]
+    assert admitted(pairs, 2, extra_held={("ns", "x")}) == {("ns", "a")}
+    assert admitted(pairs, 2, blocked={("ns", "a")}) == {("ns", "b"), ("ns", "c")}
+
+
+def test_overlay_shows_our_write_until_the_index_catches_up(monkeypatch: Any) -> None:
+    overlay = Overlay()
+    key = ("ns", "r")
+    old = {"metadata": {"resourceVersion": "5"}}
+    ours = {"metadata": {"resourceVersion": "7"}}
+    overlay.put(key, ours)
+    assert overlay.newest(key, old) is ours
+    newer = {"metadata": {"resourceVersion": "9"}}
+    assert overlay.newest(key, newer) is newer
+    assert len(overlay) == 0  # dropped once the index has it
+    overlay.put(key, ours)
+    monkeypatch.setattr(observe, "OVERLAY_SECONDS", -1.0)
+    overlay.put(key, ours)
+    assert overlay.newest(key, old) is old  # expired: the index is the truth
+
+
+def test_views_take_status_from_our_write_and_spec_from_the_index() -> None:
+    cached = {"metadata": {"resourceVersion": "3"}, "spec": {"v": 2}, "status": {"phase": "A"}}
+    views = Views({("ns", "r"): [cached]}, {}, {})
+    views.run_writes.put(
+        ("ns", "r"), {"metadata": {"resourceVersion": "4"}, "status": {"phase": "B"}}
+    )
+    run = views.run(("ns", "r"))
+    assert run is not None
+    assert run["status"] == {"phase": "B"}
+    assert run["spec"] == {"v": 2}
+
+
+def test_work_queue_collapses_bursts_and_never_loses_a_change() -> None:
+    seen: list[str] = []
+
+    async def main() -> None:
+        gate = asyncio.Event()
+
+        async def handler(key: str) -> None:
+            seen.append(key)
+            if len(seen) == 1:
+                await gate.wait()
+
+        queue: WorkQueue[str] = WorkQueue(handler, workers=2)
+        queue.start()
+        for _ in range(5):
+            queue.add("a")  # a burst: one reconcile
+        await asyncio.sleep(0.01)
+        queue.add("a")  # while "a" is being processed: once more afterwards
+        queue.add("a")
+        gate.set()
+        queue.add_after("b", 0.02)
+        queue.add_after("b", 5.0)  # the earlier timer wins
+        await asyncio.sleep(0.1)
+        await queue.stop()
+
+    asyncio.run(main())
+    assert seen == ["a", "a", "b"]
+
+
+def test_resolve_host_keeps_ip_literals() -> None:
+    assert asyncio.run(resolve_host("127.0.0.1")) == ["127.0.0.1/32"]
+    assert asyncio.run(resolve_host("::1")) == ["::1/128"]
+
+
+class FakeKube:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Any]] = []
+        self.events: dict[str, dict[str, Any]] = {}
+
+    async def create(self, obj: dict[str, Any]) -> dict[str, Any]:
+        self.calls.append(("create", obj["metadata"]["name"]))
+        if obj["metadata"]["name"] in self.events:
+            raise ApiError(409, "AlreadyExists", "exists", "POST", "/")
+        self.events[obj["metadata"]["name"]] = obj
+        return obj
+
+    async def get(self, *args: Any) -> dict[str, Any] | None:
+        return self.events.get(args[-1])
+
+    async def merge_patch(self, obj: dict[str, Any], patch: dict[str, Any], *_: Any) -> Any:
+        self.calls.append(("patch", patch))
+        self.events[obj["metadata"]["name"]].update(patch)
+        return self.events[obj["metadata"]["name"]]
+
+
+def _reconciler(resolver: Any) -> Reconciler:
+    return Reconciler(
+        OperatorSettings(),
+        FakeKube(),  # type: ignore[arg-type]
+        Views({}, {}, {}),
+        EventRecorder(FakeKube(), instance="t"),  # type: ignore[arg-type]
+        Options(),
+        resolver,
+    )
+
+
+def _spec(**extra: Any) -> tuple[dict[str, Any], SelectionRunSpec]:
+    spec = {
+        "datasource": {"input": {"volume": {"path": "a"}}, "output": {"volume": {"path": "b"}}},
+        "input": {"embeddings": {"model": "tiny"}},
+        "selection": {"nSamples": 1},
+        "report": {
+            "api": {"url": "https://api.example.com", "tokenSecret": {"name": "t", "key": "k"}}
+        },
+        **extra,
+    }
+    run = {"metadata": {"name": "r", "namespace": "ns", "uid": "u"}, "spec": spec}
+    return run, SelectionRunSpec.model_validate(spec)
+
+
+def test_api_cidrs_are_resolved_once_pinned_or_reported_when_unresolvable() -> None:
+    calls: list[str] = []
+
+    async def resolver(host: str) -> list[str]:
+        calls.append(host)
+        return ["203.0.113.7/32"]
+
+    async def failing(host: str) -> list[str]:
+        raise OSError("no DNS here")
+
+    async def main() -> None:
+        rec = _reconciler(resolver)
+        run, spec = _spec()
+        assert await rec.api_cidrs(run, spec) == (["203.0.113.7/32"], [])
+        assert await rec.api_cidrs(run, spec) == (["203.0.113.7/32"], [])
+        assert calls == ["api.example.com"]  # cached
+        pinned_run, pinned = _spec(egress={"apiCIDRs": ["198.51.100.0/24"]})
+        assert await rec.api_cidrs(pinned_run, pinned) == (["198.51.100.0/24"], [])
+        assert calls == ["api.example.com"]
+
+        cidrs, problems = await _reconciler(failing).api_cidrs(run, spec)
+        assert cidrs == []
+        assert [p.reason for p in problems] == ["ApiHostUnresolved"]
+        assert "api.example.com" in problems[0].message
+
+    asyncio.run(main())
+
+
+def test_spec_hash_ignores_suspend_only() -> None:
+    base = {"selection": {"nSamples": 1}}
+    assert spec_hash(base) == spec_hash({**base, "suspend": True})
+    assert spec_hash(base) != spec_hash({"selection": {"nSamples": 2}})
+
+
+def test_events_are_aggregated_by_count() -> None:
+    kube = FakeKube()
+    recorder = EventRecorder(kube, instance="op-1")  # type: ignore[arg-type]
+    run = {"metadata": {"name": "r", "namespace": "ns", "uid": "u"}}
+
+    async def main() -> None:
+        await recorder.post(run, "Warning", "SecretNotFound", "Secret api does not exist", NOW)
+        await recorder.post(run, "Warning", "SecretNotFound", "Secret api does not exist", NOW)
+        await recorder.post(run, "Normal", "Accepted", "the spec is valid", NOW)
+        # a restarted operator (empty memory) adds to the same Event
+        fresh = EventRecorder(kube, instance="op-2")  # type: ignore[arg-type]
+        await fresh.post(run, "Warning", "SecretNotFound", "Secret api does not exist", NOW)
+
+    asyncio.run(main())
+    counts = sorted((e["reason"], e["count"]) for e in kube.events.values())
+    assert counts == [("Accepted", 1), ("SecretNotFound", 3)]
+    event = next(e for e in kube.events.values() if e["reason"] == "Accepted")
+    assert event["involvedObject"] == {
+        "apiVersion": "sift.dev/v1alpha1",
+        "kind": "SelectionRun",
+        "name": "r",
+        "namespace": "ns",
+        "uid": "u",
+    }
+    assert event["reportingInstance"] == "op-1"

@@ -109,27 +109,34 @@ static inline uint16_t f32_to_bf16(float f) {
     return (uint16_t)(bits >> 16);
 }
 
-/* Unit rows -> int8 rows with a per-row bfloat16 scale s >= amax / 127 (the
- * (1 + 2^-7) margin survives the rounding to bfloat16), q = round_half_even(u / s),
- * and err = |u - q s|: the bound the scan's filter relies on, measured, not assumed. */
-static void i8_quantize_c(const float *u, Py_ssize_t rows, Py_ssize_t dim, int8_t *store,
-                          Py_ssize_t ld, uint16_t *scale, float *err) {
+/* The build pass, one read of the input: unit = x / norm (IEEE division: the same
+ * floats as numpy's), the column sums of the unit rows in double (for the mean
+ * direction), and the stored copy: the unit row itself (store_i8 NULL), or int8 with
+ * a per-row bfloat16 scale s >= amax / 127 (the (1 + 2^-7) margin survives rounding
+ * to bfloat16), q = round_half_even(u / s) and err = |u - q s|, the bound the scan's
+ * filter relies on, measured rather than assumed. */
+static void unit_rows_c(const float *x, Py_ssize_t rows, Py_ssize_t dim, const float *norms,
+                        double *colsum, float *store_f32, int8_t *store_i8, Py_ssize_t ld,
+                        uint16_t *scale, float *err, float *tmp) {
     for (Py_ssize_t i = 0; i < rows; i++) {
-        const float *r = u + i * dim;
-        int8_t *o = store + i * ld;
-        float amax = 0.0f;
+        const float *r = x + i * dim;
+        float *u = store_f32 ? store_f32 + i * ld : tmp, amax = 0.0f;
         for (Py_ssize_t j = 0; j < dim; j++) {
-            float a = fabsf(r[j]);
+            u[j] = r[j] / norms[i];
+            colsum[j] += u[j];
+            float a = fabsf(u[j]);
             amax = a > amax ? a : amax;
         }
+        if (!store_i8) continue;
+        int8_t *o = store_i8 + i * ld;
         uint16_t sb = amax > 0.0f ? f32_to_bf16(amax / 127.0f * (1.0f + 0x1p-7f)) : 0x3f80u;
         float s = bf16_to_f32(sb);
         double e2 = 0.0;
         for (Py_ssize_t j = 0; j < dim; j++) {
-            float q = nearbyintf(r[j] / s);
+            float q = nearbyintf(u[j] / s);
             q = q > 127.0f ? 127.0f : (q < -127.0f ? -127.0f : q);
             o[j] = (int8_t)q;
-            double d = (double)r[j] - (double)q * (double)s;
+            double d = (double)u[j] - (double)q * (double)s;
             e2 += d * d;
         }
         for (Py_ssize_t j = dim; j < ld; j++) o[j] = 0;
@@ -254,6 +261,67 @@ AVX2 static float dot_avx2(const float *r, const float *q, Py_ssize_t dim) {
     float s = _mm_cvtss_f32(h);
     for (; j < dim; j++) s += r[j] * q[j];
     return s;
+}
+
+AVX2 static void unit_rows_avx2(const float *x, Py_ssize_t rows, Py_ssize_t dim,
+                                const float *norms, double *colsum, float *store_f32,
+                                int8_t *store_i8, Py_ssize_t ld, uint16_t *scale, float *err,
+                                float *tmp) {
+    Py_ssize_t full = dim & ~(Py_ssize_t)7;
+    const __m256 sign = _mm256_set1_ps(-0.0f), lim = _mm256_set1_ps(127.0f);
+    for (Py_ssize_t i = 0; i < rows; i++) {
+        const float *r = x + i * dim;
+        float *u = store_f32 ? store_f32 + i * ld : tmp;
+        __m256 nv = _mm256_set1_ps(norms[i]), mx = _mm256_setzero_ps();
+        for (Py_ssize_t j = 0; j < full; j += 8) {
+            __m256 v = _mm256_div_ps(_mm256_loadu_ps(r + j), nv);
+            _mm256_storeu_ps(u + j, v);
+            __m256d lo = _mm256_cvtps_pd(_mm256_castps256_ps128(v));
+            __m256d hi = _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1));
+            _mm256_storeu_pd(colsum + j, _mm256_add_pd(_mm256_loadu_pd(colsum + j), lo));
+            _mm256_storeu_pd(colsum + j + 4, _mm256_add_pd(_mm256_loadu_pd(colsum + j + 4), hi));
+            mx = _mm256_max_ps(mx, _mm256_andnot_ps(sign, v));
+        }
+        float m8[8], amax = 0.0f;
+        _mm256_storeu_ps(m8, mx);
+        for (int k = 0; k < 8; k++) amax = m8[k] > amax ? m8[k] : amax;
+        for (Py_ssize_t j = full; j < dim; j++) {
+            u[j] = r[j] / norms[i];
+            colsum[j] += u[j];
+            float a = fabsf(u[j]);
+            amax = a > amax ? a : amax;
+        }
+        if (!store_i8) continue;
+        int8_t *o = store_i8 + i * ld;
+        uint16_t sb = amax > 0.0f ? f32_to_bf16(amax / 127.0f * (1.0f + 0x1p-7f)) : 0x3f80u;
+        float s = bf16_to_f32(sb);
+        __m256 sv = _mm256_set1_ps(s), e2 = _mm256_setzero_ps();
+        for (Py_ssize_t j = 0; j < full; j += 8) {
+            __m256 v = _mm256_loadu_ps(u + j);
+            __m256 q = _mm256_round_ps(_mm256_div_ps(v, sv),
+                                       _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+            q = _mm256_max_ps(_mm256_min_ps(q, lim), _mm256_sub_ps(_mm256_setzero_ps(), lim));
+            __m256 d = _mm256_fnmadd_ps(q, sv, v);
+            e2 = _mm256_fmadd_ps(d, d, e2);
+            int32_t qi[8];
+            _mm256_storeu_si256((__m256i *)qi, _mm256_cvtps_epi32(q));
+            for (int k = 0; k < 8; k++) o[j + k] = (int8_t)qi[k];
+        }
+        float e8[8];
+        _mm256_storeu_ps(e8, e2);
+        double acc = 0.0;
+        for (int k = 0; k < 8; k++) acc += e8[k];
+        for (Py_ssize_t j = full; j < dim; j++) {
+            float q = nearbyintf(u[j] / s);
+            q = q > 127.0f ? 127.0f : (q < -127.0f ? -127.0f : q);
+            o[j] = (int8_t)q;
+            double d = (double)u[j] - (double)q * (double)s;
+            acc += d * d;
+        }
+        for (Py_ssize_t j = dim; j < ld; j++) o[j] = 0;
+        scale[i] = sb;
+        err[i] = (float)sqrt(acc);
+    }
 }
 
 AVX2 static void tile_min_avx2(const float *values, Py_ssize_t tile, float *out, Py_ssize_t t0,
@@ -485,35 +553,56 @@ static PyObject *tile_min(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
-PyDoc_STRVAR(i8_quantize_doc,
-             "i8_quantize(u, dim, store, ld, row0, scale, err)\n"
-             "Quantise the float32 rows u (rows x dim) into int8 rows row0.. of store (width ld, "
-             "padding zeroed), their bfloat16 scales (as uint16 bits) into scale[row0..] and "
-             "|u - q s| into err[0..rows).");
+PyDoc_STRVAR(unit_rows_doc,
+             "unit_rows(x, dim, norms, colsum, store, ld, row0, scale, err)\n"
+             "For the float32 rows x (rows x dim): u = x / norms, colsum += the column sums of u "
+             "(float64), and u stored at rows row0.. of store (width ld): as float32 when scale "
+             "is None, else as int8 (padding zeroed) with bfloat16 scales (uint16 bits) in "
+             "scale[row0..] and |u - q s| in err[0..rows).");
 
-static PyObject *i8_quantize(PyObject *self, PyObject *args) {
-    PyObject *uo, *so, *co, *eo;
+static PyObject *unit_rows(PyObject *self, PyObject *args) {
+    PyObject *xo, *no, *co, *so, *sco, *eo;
     Py_ssize_t dim, ld, row0;
-    Py_buffer v[4];
-    if (!PyArg_ParseTuple(args, "OnOnnOO", &uo, &dim, &so, &ld, &row0, &co, &eo)) return NULL;
+    Py_buffer v[6];
+    if (!PyArg_ParseTuple(args, "OnOOOnnOO", &xo, &dim, &no, &co, &so, &ld, &row0, &sco, &eo))
+        return NULL;
     if (dim < 1 || ld < dim || row0 < 0) {
         PyErr_SetString(PyExc_ValueError, "bad shape");
         return NULL;
     }
     memset(v, 0, sizeof v);
-    if (get_buf(uo, 0, 0, "u", &v[0], 0) < 0) return NULL;
+    if (get_buf(xo, 0, 0, "x", &v[0], 0) < 0) return NULL;
     Py_ssize_t rows = v[0].len / 4 / dim;
-    if (get_buf(so, 1, (row0 + rows) * ld, "store", &v[1], 0) < 0 ||
-        get_buf(co, 1, (row0 + rows) * 2, "scale", &v[2], 0) < 0 ||
-        get_buf(eo, 1, rows * 4, "err", &v[3], 0) < 0) {
-        release(v, 4);
+    int quantise = sco != Py_None;
+    Py_ssize_t item = quantise ? 1 : 4;
+    if (get_buf(no, 0, rows * 4, "norms", &v[1], 0) < 0 ||
+        get_buf(co, 1, dim * 8, "colsum", &v[2], 0) < 0 ||
+        get_buf(so, 1, (row0 + rows) * ld * item, "store", &v[3], 0) < 0 ||
+        get_buf(sco, 1, (row0 + rows) * 2, "scale", &v[4], 1) < 0 ||
+        get_buf(eo, 1, quantise ? rows * 4 : 0, "err", &v[5], !quantise) < 0) {
+        release(v, 6);
         return NULL;
     }
+    float *tmp = PyMem_RawMalloc((size_t)dim * sizeof(float));
+    if (!tmp) {
+        release(v, 6);
+        return PyErr_NoMemory();
+    }
+    float *store_f32 = quantise ? NULL : (float *)v[3].buf + row0 * ld;
+    int8_t *store_i8 = quantise ? (int8_t *)v[3].buf + row0 * ld : NULL;
+    uint16_t *scale = quantise ? (uint16_t *)v[4].buf + row0 : NULL;
     Py_BEGIN_ALLOW_THREADS
-    i8_quantize_c(v[0].buf, rows, dim, (int8_t *)v[1].buf + row0 * ld, ld,
-                  (uint16_t *)v[2].buf + row0, v[3].buf);
+#ifdef SIFT_AVX2
+    if (have_avx2())
+        unit_rows_avx2(v[0].buf, rows, dim, v[1].buf, v[2].buf, store_f32, store_i8, ld, scale,
+                       v[5].buf, tmp);
+    else
+#endif
+        unit_rows_c(v[0].buf, rows, dim, v[1].buf, v[2].buf, store_f32, store_i8, ld, scale,
+                    v[5].buf, tmp);
     Py_END_ALLOW_THREADS
-    release(v, 4);
+    PyMem_RawFree(tmp);
+    release(v, 6);
     Py_RETURN_NONE;
 }
 
@@ -526,7 +615,7 @@ static PyMethodDef methods[] = {
     {"i8_scan", i8_scan, METH_VARARGS, i8_scan_doc},
     {"f32_recheck", f32_recheck, METH_VARARGS, f32_recheck_doc},
     {"tile_min", tile_min, METH_VARARGS, tile_min_doc},
-    {"i8_quantize", i8_quantize, METH_VARARGS, i8_quantize_doc},
+    {"unit_rows", unit_rows, METH_VARARGS, unit_rows_doc},
     {"simd", simd, METH_NOARGS, "The instruction set the kernels use here: 'avx2' or 'none'."},
     {NULL, NULL, 0, NULL},
 };

@@ -39,7 +39,15 @@ def f32_recheck(
     lowbar: object | None,
 ) -> int: ...
 def tile_min(values: object, tile: int, out: object, t0: int, t1: int) -> None: ...
-def i8_quantize(
-    u: object, dim: int, store: object, ld: int, row0: int, scale: object, err: object
+def unit_rows(
+    x: object,
+    dim: int,
+    norms: object,
+    colsum: object,
+    store: object,
+    ld: int,
+    row0: int,
+    scale: object | None,
+    err: object | None,
 ) -> None: ...
 def simd() -> str: ...

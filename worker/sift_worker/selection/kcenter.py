@@ -304,6 +304,9 @@ class _Greedy:
 
     def _build(self) -> None:
         """Normalise, store and sum rows in cache-sized chunks (no N x D temporaries)."""
+        if self.native:
+            self._build_native()
+            return
         step = 4 * _TILE
         for p0 in range(0, self.n, step):
             p1 = min(p0 + step, self.n)
@@ -321,6 +324,40 @@ class _Greedy:
             else:
                 self.mean += unit.sum(dim=0, dtype=torch.float64)
 
+    def _build_native(self) -> None:
+        """``_build`` as one C pass per chunk, chunks shared by the threads.
+
+        Column sums are kept per chunk and added in chunk order, so the mean (and
+        with it the first pick) does not depend on the thread count.
+        """
+        assert _scan is not None
+        step = 4 * _TILE
+        colsums = np.zeros((-(-self.n // step), self.dim), np.float64)
+        store = self.store.numpy()
+        quantised = self.kind == "int8"
+        scale = self.scale.view(torch.int16).numpy() if quantised else None
+        err = np.zeros(self.n if quantised else 0, np.float32)
+
+        def work(a: int, b: int) -> int:
+            assert _scan is not None
+            for p0 in range(a, b, step):
+                p1 = min(p0 + step, b)
+                x = np.ascontiguousarray(self.raw[p0:p1], dtype=np.float32)
+                norms = _row_norms(x)
+                self.norms[p0:p1] = norms
+                chunk_err = err[p0:p1] if quantised else None
+                colsum = colsums[p0 // step]
+                _scan.unit_rows(
+                    x, self.dim, norms, colsum, store, self.pad_dim, p0, scale, chunk_err
+                )
+            return 0
+
+        split(0, self.n, work, self.threads, step)
+        self.mean += torch.from_numpy(colsums.sum(axis=0))
+        if quantised:
+            u = self.query_unit
+            self.thr[: self.n] = torch.from_numpy(err) * (1 + u) + u + 1e-5
+
     def _to_unit(self, x: FloatArray, norms: FloatArray) -> torch.Tensor:
         # IEEE division: the same bits as numpy's x / norms
         xt = torch.from_numpy(np.ascontiguousarray(x)).to(self.dev)
@@ -332,14 +369,7 @@ class _Greedy:
         if self.kind == "float32":
             self.store[p0:p1] = unit
             return
-        if self.kind == "int8" and self.native:
-            assert _scan is not None
-            err_np = np.empty(p1 - p0, np.float32)
-            scale_bits = self.scale.view(torch.int16).numpy()
-            store = self.store.numpy()
-            _scan.i8_quantize(unit.numpy(), self.dim, store, self.pad_dim, p0, scale_bits, err_np)
-            err = torch.from_numpy(err_np)
-        elif self.kind == "int8":
+        if self.kind == "int8":
             # symmetric per-row scale, rounded up to a bfloat16 value so that the
             # kernel's bfloat16 scale is exact and |unit / scale| <= 127
             amax = unit.abs().amax(dim=1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 
+import httpx
 import kmock
 import pytest
 from harness.cluster import Cluster, condition, selection_run
@@ -295,3 +296,25 @@ def test_pod_problems_show_and_clear(cluster: Cluster, ns: str) -> None:
     assert "registry.invalid/w:1" in condition(run, "Running")["message"]
     cluster.ctl.run(job, pod)
     cluster.wait_phase(ns, "pull", "Running")
+
+
+def test_metrics_count_runs_by_phase_and_outcome_without_run_names(cluster: Cluster) -> None:
+    # runs by phase are gauged every few seconds: wait for the earlier tests' runs
+    def scrape() -> str | None:
+        text = httpx.get(cluster.metrics_url, timeout=5).text
+        return text if 'sift_operator_runs{phase="Succeeded"} 0.0' not in text else None
+
+    text = cluster.kube.wait_for(scrape, "the runs gauge", timeout=15, interval=0.5)
+    values = {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("sift_operator_")
+    }
+    assert values['sift_operator_runs{phase="Succeeded"}'] >= 1
+    assert values['sift_operator_runs{phase="Failed"}'] >= 2
+    assert values['sift_operator_run_outcomes_total{outcome="succeeded"}'] >= 1
+    assert values['sift_operator_run_outcomes_total{outcome="failed"}'] >= 2
+    assert values["sift_operator_reconcile_duration_seconds_count"] > 0
+    # bounded labels: no series names a run
+    for run in ("shape", "held", "quota", "pull"):
+        assert f'"{run}"' not in text

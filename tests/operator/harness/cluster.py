@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import socket
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +57,7 @@ class Cluster:
     kube: Kube
     ctl: JobController
     operator: OperatorProcess
+    metrics_url: str = ""
 
     @property
     def emulator(self) -> Any:
@@ -125,6 +127,12 @@ class Cluster:
         ]
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 @contextlib.contextmanager
 def start_cluster(
     tmp: Path,
@@ -136,13 +144,20 @@ def start_cluster(
     with EmulatorServer() as server:
         kube = Kube(server.url)
         kubeconfig = server.write_kubeconfig(tmp / "kubeconfig.yaml")
+        port = free_port()
         operator = OperatorProcess(
-            kubeconfig, tmp / "operator.log", env=env, args=args, standalone=standalone
+            kubeconfig,
+            tmp / "operator.log",
+            env=env,
+            args=(*args, "--metrics-port", str(port), "--metrics-address", "127.0.0.1"),
+            standalone=standalone,
         )
         try:
             operator.start()
             operator.wait_for_log("sift operator started", 30)
-            yield Cluster(server, kube, JobController(kube), operator)
+            yield Cluster(
+                server, kube, JobController(kube), operator, f"http://127.0.0.1:{port}/metrics"
+            )
         finally:
             operator.stop()
             kube.close()

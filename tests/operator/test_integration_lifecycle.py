@@ -318,3 +318,28 @@ def test_metrics_count_runs_by_phase_and_outcome_without_run_names(cluster: Clus
     # bounded labels: no series names a run
     for run in ("shape", "held", "quota", "pull"):
         assert f'"{run}"' not in text
+
+
+def test_cilium_mode_adds_an_fqdn_policy(cluster: Cluster, ns: str) -> None:
+    cluster.kube.create(selection_run("cil", ns, egress={"mode": "cilium"}))
+    cluster.wait_job(ns, "cil")
+    cnp = cluster.kube.get("ciliumnetworkpolicies", ns, "sift-cil")
+    assert cnp is not None
+    assert cnp["metadata"]["ownerReferences"][0]["name"] == "cil"
+    run = cluster.wait_reason(ns, "cil", "EgressRestricted", "NetworkPolicyAndCilium")
+    assert condition(run, "EgressRestricted")["status"] == "True"
+
+
+def test_cilium_mode_without_cilium_holds_the_job_back(cluster: Cluster, ns: str) -> None:
+    resources = cluster.emulator.resources
+    key = "cilium.io/v2/ciliumnetworkpolicies"
+    info = resources[key]
+    del resources[key]
+    try:
+        cluster.kube.create(selection_run("nocil", ns, egress={"mode": "cilium"}))
+        run = cluster.wait_reason(ns, "nocil", "Running", "CiliumUnavailable")
+        assert run["status"]["phase"] == "Pending"
+        assert cluster.job(ns, "nocil") is None
+    finally:
+        resources[key] = info
+    cluster.wait_job(ns, "nocil")  # recovers once the CRD is installed

@@ -179,6 +179,10 @@ class SiftEmulator(kmock.KubernetesEmulator):
 
     async def _create(self, request: rendering.Request) -> None:
         plural = _plural(request)
+        if request.resource not in self.resources:  # e.g. a CRD that is not installed
+            raise kmock.KubernetesError(
+                status=404, reason="NotFound", message="the server could not find the resource"
+            )
         data = request.data
         if not isinstance(data, dict):
             raise kmock.KubernetesError(status=400, reason="BadRequest", message="no object")

@@ -209,12 +209,16 @@ def test_deleting_the_run_removes_its_children(cluster: Cluster, ns: str) -> Non
     cluster.kube.create(selection_run("gone", ns))
     job = cluster.wait_job(ns, "gone")
     cluster.ctl.create_pod(job)
+    cluster.wait_reason(ns, "gone", "Running", "JobCreated")
+    orphans = cluster.emulator.orphans_collected
     cluster.kube.delete("selectionruns", ns, "gone")
     for plural in ("jobs", "pods", "configmaps", "serviceaccounts", "networkpolicies"):
         cluster.kube.wait_for(lambda p=plural: not cluster.kube.list(p, ns), f"no {plural} left")
     time.sleep(1.0)  # the operator must not bring anything back
     assert cluster.job(ns, "gone") is None
     assert cluster.run(ns, "gone") is None
+    # nothing was created for the deleted run (the GC would have had to collect it)
+    assert cluster.emulator.orphans_collected == orphans
     assert "Traceback" not in cluster.operator.logs()
 
 

@@ -277,6 +277,16 @@ class Reconciler:
         if spec is not None:
             egress = egress_kind(spec)
             kueue = kueue_managed(run)
+            # Not the first look at this run, and no Job: the run may be going away (the
+            # garbage collector deletes its Job, and that event can arrive before the run's
+            # own). Creating children for a deleted run would start a pod.
+            if (
+                job is None
+                and old_status
+                and not is_terminal(old_status)
+                and not await self._still_exists(run)
+            ):
+                return None
             if job is None and not is_terminal(old_status):
                 problems += await self.secret_problems(run, spec)
                 cidrs: list[str] = []
@@ -324,6 +334,21 @@ class Reconciler:
             return self.backoff(key)
         self.attempts.pop(key, None)
         return None
+
+    async def _still_exists(self, run: Obj) -> bool:
+        meta = run.get("metadata") or {}
+        live = await self.kube.get(
+            str(run.get("apiVersion") or "sift.dev/v1alpha1"),
+            "SelectionRun",
+            str(meta.get("namespace")),
+            str(meta.get("name")),
+        )
+        live_meta = (live or {}).get("metadata") or {}
+        return (
+            live is not None
+            and live_meta.get("uid") == meta.get("uid")
+            and not live_meta.get("deletionTimestamp")
+        )
 
     async def _start(
         self, key: Key, run: Obj, spec: SelectionRunSpec, cidrs: list[str], kueue: bool

@@ -88,6 +88,8 @@ class SiftEmulator(kmock.KubernetesEmulator):
     _rv: Any = attrs.field(factory=lambda: itertools.count(1), init=False)
     _with_status: set[str] = attrs.field(factory=set, init=False)
     _tombstones: list[Any] = attrs.field(factory=list, init=False)
+    _uids: dict[str, Any] = attrs.field(factory=dict, init=False)  # live objects by uid
+    orphans_collected: int = attrs.field(default=0, init=False)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -217,8 +219,14 @@ class SiftEmulator(kmock.KubernetesEmulator):
         # Stored objects are never changed in place (a change stores a new dict), so the
         # parsed request body can be stored and streamed as it is: no copies.
         self.objects[key] = data
+        self._uids[meta["uid"]] = key
         self.created_at[(plural, namespace or "", meta["name"])] = time.monotonic()
         await self._emit(request.resource, "ADDED", data)
+        # the garbage collector removes a dependent whose owner is already gone
+        owners = [ref.get("uid") for ref in meta.get("ownerReferences") or ()]
+        if owners and all(uid not in self._uids for uid in owners):
+            self.orphans_collected += 1
+            await self._delete(request.resource, namespace, meta["name"])
 
     async def _update(self, request: rendering.Request) -> None:
         key = (request.resource, request.namespace, request.name)
@@ -280,6 +288,7 @@ class SiftEmulator(kmock.KubernetesEmulator):
         meta["resourceVersion"] = self._next_rv()
         obj.history[:] = [raw]
         obj.delete()
+        self._uids.pop(str(meta.get("uid", "")), None)
         self._tombstones.append(key)
         await self._emit(resource, "DELETED", raw)
         await self._collect_dependents(str(meta.get("uid", "")), namespace)

@@ -461,13 +461,19 @@ class _Greedy:
         p1: int,
         norms: np.ndarray | None,
     ) -> None:
-        """maxsim/assign of rows p0..p1 from rows of x (float32, stride ld): the C kernel."""
+        """maxsim/assign of rows p0..p1 from rows of x (float32, stride ld): the C kernel.
+
+        Whole tiles (the float32 scan's runs) also get their minima, while the rows
+        are still in cache: the step then needs no separate pass for them."""
         q = np.ascontiguousarray(centre.numpy(), dtype=np.float32)
         maxsim, assign = self.maxsim.numpy(), self.assign.numpy()
+        tile_min = self.tile_min.numpy() if p1 % _TILE == 0 else None
 
         def work(a: int, b: int) -> int:
             assert _scan is not None
             _scan.f32_update(x, ld, self.dim, q, norms, maxsim, assign, aid, a, b)
+            if tile_min is not None:
+                _scan.tile_min(maxsim, _TILE, tile_min, a // _TILE, -(-b // _TILE))
             return 0
 
         split(p0, p1, work, self.kernel_threads, _TILE)
@@ -649,9 +655,10 @@ class _Greedy:
         self.kernel_threads = 1 if small else self.threads
         with _torch_threads(1 if small or self.native else None):
             self._scan_runs(centre, aid, runs)
-        with _torch_threads(1):
-            for t0, t1 in runs:
-                self._refresh_tiles(t0, t1)
+        if not (self.exact_scan and self.native):  # that scan keeps the minima itself
+            with _torch_threads(1):
+                for t0, t1 in runs:
+                    self._refresh_tiles(t0, t1)
 
     def _scan_runs(self, centre: torch.Tensor, aid: int, runs: list[tuple[int, int]]) -> None:
         """Update min-distances over the active tile runs, by the cheapest exact route."""

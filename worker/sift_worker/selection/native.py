@@ -22,6 +22,7 @@ except ImportError:  # pragma: no cover - depends on the build
     kernels = None
 
 MIN_PART_ROWS = 64 * 1024  # smaller parts cost more in thread hand-off than they save
+PIECES = 8  # pieces per thread: the last one bounds the wait for the slowest thread
 
 
 @functools.lru_cache(maxsize=1)
@@ -35,13 +36,13 @@ def split(
     """``(start, work(start, end))`` for ``align``-ed pieces of rows p0..p1, in order.
 
     ``threads`` threads (the caller's among them) take pieces from a shared queue,
-    four per thread, so a core briefly taken by another process delays a piece, not
+    ``PIECES`` per thread, so a core briefly taken by another process delays a piece, not
     half the scan. The kernels release the GIL.
     """
     parts = max(1, min(threads, (p1 - p0) // MIN_PART_ROWS))
     if parts == 1:
         return [(p0, work(p0, p1))]
-    step = -(-(p1 - p0) // (4 * parts) // align) * align
+    step = -(-(p1 - p0) // (PIECES * parts) // align) * align
     pieces = iter([(a, min(a + step, p1)) for a in range(p0, p1, step)])
     lock = threading.Lock()
 

@@ -92,11 +92,33 @@ _HTTP_LOGGERS = (
 _REDACTION_INSTALLED = False
 
 
+# Debug lines of these loggers print canonical requests, credentials scopes, headers
+# and bodies (not URLs, so redaction cannot catch them): below WARNING they are dropped.
+_QUIET_BELOW_WARNING = (
+    "botocore.auth",
+    "botocore.endpoint",
+    "botocore.parsers",
+    "botocore.hooks",
+    "botocore.credentials",
+    "botocore.httpsession",
+    "botocore.utils",
+    "urllib3.connectionpool",
+    "azure.core.pipeline.policies.http_logging_policy",
+)
+
+
+class _DropDebug(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING
+
+
 def install_redaction() -> None:
-    """Put the redacting filter on the HTTP stacks' loggers (before any handler runs)."""
+    """Filter the HTTP stacks' loggers (logger filters run before any handler)."""
     global _REDACTION_INSTALLED
     if _REDACTION_INSTALLED:
         return
+    for name in _QUIET_BELOW_WARNING:
+        logging.getLogger(name).addFilter(_DropDebug())
     for name in _HTTP_LOGGERS:
         logging.getLogger(name).addFilter(RedactingFilter())
     _REDACTION_INSTALLED = True

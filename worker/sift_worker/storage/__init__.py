@@ -92,6 +92,9 @@ def open_storage(
     ``prefix_suffix`` is appended to the location's prefix (the broker's
     ``<namespace>/<name>/<uid>/`` under the output prefix).
     """
+    from sift_worker.fetch import install_redaction
+
+    install_redaction()  # before any cloud client logs a line
     environ: Mapping[str, str] = os.environ if env is None else env
     if loc.volume is not None:
         from sift_worker.storage.volume import VolumeStorage

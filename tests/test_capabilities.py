@@ -65,7 +65,16 @@ CASES = [
         {"file": {"gcs": {"bucket": "embs", "key": "e.npy"}}},
         "spec.input.embeddings.file",
     ),
-    ("report", {"api": {"tokenSecret": {"name": "t", "key": "k"}}}, "spec.report"),
+    (
+        "report",
+        {"api": {"tokenSecret": {"name": "t", "key": "k"}}, "_output_azure": True},
+        "spec.report",
+    ),
+    (
+        "report",
+        {"api": {"tokenSecret": {"name": "t", "key": "k"}}, "share": {"metadata": ["w"]}},
+        "spec.report.share.metadata",
+    ),
 ]
 
 
@@ -96,6 +105,11 @@ def test_not_supported_yet_names_the_field(path: str, value: Any, expected: str)
 
 
 SUPPORTED = [
+    ("report", {"api": {"tokenSecret": {"name": "t", "key": "k"}}}),
+    (
+        "report",
+        {"api": {"tokenSecret": {"name": "t", "key": "k"}}, "share": {"filenames": "plain"}},
+    ),
     ("input.metadata", {}),
     ("input.predictions", {"task": "detection"}),
     ("selection.removeDuplicates", {"maxDistance": 0.1}),

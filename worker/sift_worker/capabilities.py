@@ -2,7 +2,8 @@
 
 Every block of the SelectionRun model exists from the start; blocks whose
 behaviour arrives in a later release (the in-cluster broker, side files and datapools
-in object storage, embedding training, reporting) are refused here with the field path.
+in object storage, embedding training, reporting from object storage) are refused
+here with the field path.
 """
 
 from __future__ import annotations
@@ -64,6 +65,33 @@ def _remote(run: SelectionRun) -> list[str]:
     return problems
 
 
+def _report(run: SelectionRun) -> list[str]:
+    """Reporting needs the outbox in a folder, and side files read from a folder."""
+    spec = run.spec
+    assert spec.report is not None
+    problems = []
+    if spec.datasource.output.volume is None:
+        problems.append(
+            "spec.report: reporting from an object-storage output is not supported yet "
+            "(the outbox lives in the output folder); use a volume output"
+        )
+    share = spec.report.share
+    if (share.metadata or share.predictions) and (
+        spec.datasource.input.volume is None or spec.input.type != "images"
+    ):
+        problems.append(
+            "spec.report.share: metadata and predictions can be shared for images read from "
+            "a volume only, so far"
+        )
+    if share.metadata and spec.input.metadata is None:
+        problems.append("spec.report.share.metadata: needs spec.input.metadata (where to read it)")
+    if share.predictions and spec.input.predictions is None:
+        problems.append(
+            "spec.report.share.predictions: needs spec.input.predictions (where to read them)"
+        )
+    return problems
+
+
 def unsupported_features(run: SelectionRun) -> list[str]:
     """Field paths (with a reason) that this release cannot honour yet."""
     spec = run.spec
@@ -96,5 +124,5 @@ def unsupported_features(run: SelectionRun) -> list[str]:
                 "only a local path is supported yet"
             )
     if spec.report is not None:
-        problems.append("spec.report: reporting to a results API is not supported yet")
+        problems += _report(run)
     return problems

@@ -11,6 +11,7 @@ from typing import Any
 
 import yaml
 
+from sift_worker.api.v1alpha1 import SelectionRun
 from sift_worker.config import ConfigError, load_manifest, parse_manifest
 from sift_worker.logs import setup_logging
 
@@ -20,6 +21,9 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_CONFIG = 3  # the spec can never run: retrying the pod cannot help (podFailurePolicy)
+# `sift-worker report` only (a run whose report is pending still exits 0: docs/reporting.md)
+EXIT_REPORT_PENDING = 4  # the API was unreachable: the outbox waits; run `report` again
+EXIT_REPORT_REJECTED = 5  # the API refused a request (4xx): fix the token or the spec
 
 DEMO_DATA = Path("demo-data")
 DEMO_OUT = Path("demo-out")
@@ -53,6 +57,23 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--data", type=Path, default=DEMO_DATA, help="demo images folder")
     demo.add_argument("--out", type=Path, default=DEMO_OUT, help="output folder")
     _add_run_options(demo)
+    rep = sub.add_parser(
+        "report", help="send a finished run's results to spec.report.api (resumes)"
+    )
+    rep.add_argument("file", type=Path)
+    rep.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="write the outbox and print every request that would be sent; send nothing",
+    )
+    rep.add_argument("--log-format", choices=("text", "json"), default="text")
+    recv = sub.add_parser(
+        "receiver", help="a local results API that validates and stores what it receives"
+    )
+    recv.add_argument("--port", type=int, required=True)
+    recv.add_argument("--host", default="127.0.0.1")
+    recv.add_argument("--token-file", type=Path, required=True)
+    recv.add_argument("--store", type=Path, required=True)
     return parser
 
 
@@ -86,6 +107,8 @@ def _execute(args: argparse.Namespace) -> int:
         RunSettings(threads=args.threads, decode_workers=args.decode_workers, source=source),
         Progress(bars=bars),
     )
+    if run.spec.report is not None:
+        _report_after_run(run, summary.output, source)
     log.info(
         "done: selected %d of %d samples (%d corrupt skipped); open %s",
         summary.selected,
@@ -96,6 +119,71 @@ def _execute(args: argparse.Namespace) -> int:
         else summary.output / "report.html",
         extra={"selected": summary.selected, "total": summary.embedded, "corrupt": summary.corrupt},
     )
+    return EXIT_OK
+
+
+def _volume(run: SelectionRun, which: str) -> Path | None:
+    loc = getattr(run.spec.datasource, which)
+    return Path(loc.volume.path) if loc.volume is not None else None
+
+
+def _report_after_run(run: SelectionRun, output: Path, source: str) -> None:
+    """Report a finished run; its results are safe either way, so the exit status stays 0."""
+    from sift_worker.reporting import report_run, write_termination_message
+
+    result = report_run(run, output, _volume(run, "input"))
+    write_termination_message(result)
+    if result.reported == "Reported":
+        print(f"reporting: done ({result.chunks} chunks)")
+    else:
+        print(
+            f"reporting: {result.reported.lower()} ({result.acked} of {result.chunks} chunks "
+            f"acknowledged): {result.reason}; the results are safe in {output / 'report'}; "
+            f"send them with: sift-worker report {source}"
+        )
+
+
+def _report_command(args: argparse.Namespace) -> int:
+    from sift_worker.reporting import report_run
+    from sift_worker.reporting.outbox import Outbox, build_outbox
+
+    run = load_manifest(args.file)
+    if run.spec.report is None:
+        print(f"{args.file}: spec.report is not set: nothing is sent")
+        return EXIT_OK
+    from sift_worker.capabilities import unsupported_features
+
+    problems = [p for p in unsupported_features(run) if p.startswith("spec.report")]
+    if problems:
+        raise ConfigError(str(args.file), problems)
+    output = _volume(run, "output")
+    assert output is not None  # the gate above refuses other outputs
+    # an outbox already written is what is (or would be) sent: never rebuilt here
+    outbox = Outbox.open(output) or build_outbox(run, output, _volume(run, "input"))
+    if args.dry_run:
+        print(
+            f"# {outbox.api_url}: every request body, as in {outbox.folder} (gzipped on the wire)"
+        )
+        for method, path, body in outbox.requests():
+            print(f"{method} {path}")
+            print(body)
+        return EXIT_OK
+    result = report_run(run, output, _volume(run, "input"), build=False)
+    print(f"reporting: {result.reported} ({result.acked} of {result.chunks} chunks acknowledged)")
+    if result.reported == "Reported":
+        return EXIT_OK
+    log.error("%s", result.reason)
+    return EXIT_REPORT_PENDING if result.reported == "Pending" else EXIT_REPORT_REJECTED
+
+
+def _receiver_command(args: argparse.Namespace) -> int:
+    from sift_worker.reporting.receiver import serve
+
+    token = args.token_file.read_text(encoding="utf-8").strip()
+    if not token:
+        raise ConfigError(str(args.token_file), ["--token-file: the file is empty"])
+    log.info("receiver on http://%s:%d storing in %s", args.host, args.port, args.store)
+    serve(args.store, token, args.host, args.port)
     return EXIT_OK
 
 
@@ -116,6 +204,10 @@ def main(argv: list[str] | None = None) -> int:
                 raise ConfigError(str(args.file), problems)
             print(f"{args.file}: valid SelectionRun {run.metadata.name!r}")
             return EXIT_OK
+        if args.command == "report":
+            return _report_command(args)
+        if args.command == "receiver":
+            return _receiver_command(args)
         return _execute(args)
     except ConfigError as exc:
         log.error("%s", exc.render(), extra={"problems": exc.problems})

@@ -58,8 +58,23 @@ def report_run(
         state.save(outbox.folder)
         log.warning("report pending: %s", exc)
         return SendResult("Pending", str(exc), 0, len(state.acked), outbox.chunks)
+    if retry is None:
+        retry = _retry_from_env(env_map)
     with ResultsClient(outbox.api_url, token, transport=transport, retry=retry) as client:
         return send_outbox(outbox, client)
+
+
+def _retry_from_env(env: Mapping[str, str]) -> RetryPolicy:
+    """``SIFT_REPORT_RETRY_BUDGET``: seconds to keep retrying one request (default 300)."""
+    raw = env.get("SIFT_REPORT_RETRY_BUDGET")
+    if not raw:
+        return RetryPolicy()
+    try:
+        budget = float(raw)
+    except ValueError:
+        log.warning("SIFT_REPORT_RETRY_BUDGET=%r is not a number; using the default", raw[:20])
+        return RetryPolicy()
+    return RetryPolicy(budget=max(0.0, budget), base=min(0.5, max(budget, 0.01) / 10))
 
 
 def write_termination_message(result: SendResult, env: Mapping[str, str] | None = None) -> None:

@@ -254,6 +254,7 @@ def _kcenter_path(
         min_distance=plan.min_distance,
         initial_centers=pool_embeddings if plan.pool is not None else None,
         device=plan.device,
+        precision="auto",  # int8 scans on large CPU inputs: the same picks, about 2x faster
     )
     picks = rows[result.indices].tolist()
     distance = _distance_to_selection(plan, np.asarray(picks, dtype=np.int64), ~plan.eligible)

@@ -48,7 +48,13 @@ class Finished:
     output: Path
     names: list[str]
 
-    def run(self, api_url: str, share: dict[str, Any] | None = None, **meta: Any) -> SelectionRun:
+    def run(
+        self,
+        api_url: str,
+        share: dict[str, Any] | None = None,
+        input_spec: dict[str, Any] | None = None,
+        **meta: Any,
+    ) -> SelectionRun:
         doc = {
             "apiVersion": "sift.dev/v1alpha1",
             "kind": "SelectionRun",
@@ -58,7 +64,7 @@ class Finished:
                     "input": {"volume": {"path": str(self.input)}},
                     "output": {"volume": {"path": str(self.output)}},
                 },
-                "input": {"embeddings": {"model": "tiny"}, "metadata": {}},
+                "input": input_spec or {"embeddings": {"model": "tiny"}, "metadata": {}},
                 "selection": {"nSamples": 3},
                 "report": {
                     "api": {"url": api_url, "tokenSecret": {"name": "tok", "key": "token"}},

@@ -248,3 +248,25 @@ def test_worker_killed_mid_upload_then_restarted(tmp_path: Path) -> None:
 
 def _no() -> Chunk:
     raise AssertionError("chunk missing")
+
+
+def test_a_redirect_to_another_host_is_not_followed(
+    receiver: ReceiverThread, finished: Finished, tmp_path: Path, token_env: dict[str, str]
+) -> None:
+    """A second local server stands in for a host that is not the results API."""
+    with ReceiverThread(tmp_path / "elsewhere", CANARY_TOKEN) as other:
+        receiver.faults.add(
+            Fault(
+                "PUT",
+                r"/v1/runs/uid-1234",
+                times=1,
+                status=307,
+                location=other.url + "/v1/runs/uid-1234",
+            )
+        )
+        result = report_run(
+            finished.run(receiver.url), finished.output, finished.input, env=token_env, retry=FAST
+        )
+        assert result.reported == "Rejected"
+        assert "HTTP 307: redirects are not followed" in result.reason
+        assert other.store.requests() == []  # the token never went there

@@ -155,3 +155,56 @@ def _samples(outbox: Any) -> list[Sample]:
         for i in range(outbox.chunks)
         for s in Chunk.model_validate_json(outbox.chunk_body(i)).samples
     ]
+
+
+def _with_predictions(finished: Finished, task: str) -> None:
+    root = finished.input / ".sift" / "predictions"
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "schema.json").write_text(json.dumps({"task": task, "classes": ["car", "person"]}))
+    for i, name in enumerate(finished.names[:-1]):  # the last sample has none
+        target = root / (name.rsplit(".", 1)[0] + ".json")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if task == "classification":
+            value: dict[str, Any] = {"probabilities": [0.75, 0.25], "note": CANARY_SECRET_VALUE}
+        else:
+            value = {
+                "objects": [{"box": [1, 2, 30, 40], "class": "person", "score": 0.9}] * (i % 3)
+            }
+        target.write_text(json.dumps(value))
+
+
+@pytest.mark.parametrize("task", ["classification", "detection"])
+def test_predictions_are_shared_only_when_allowed(
+    task: str, receiver: ReceiverThread, finished: Finished, token_env: dict[str, str]
+) -> None:
+    _with_predictions(finished, task)
+    spec = {"embeddings": {"model": "tiny"}, "predictions": {"task": task}}
+    run = finished.run(receiver.url, {"filenames": "none", "predictions": True}, input_spec=spec)
+    assert report_run(run, finished.output, finished.input, env=token_env, retry=FAST).reported == (
+        "Reported"
+    )
+    create = json.loads((receiver.store.run_dir("uid-1234") / "create.json").read_text())
+    assert create["predictionTask"] == task
+    assert create["classes"] == ["car", "person"]
+    chunk = receiver.store.chunk("uid-1234", 0)
+    assert chunk is not None
+    preds = [s.predictions for s in chunk.samples]
+    assert preds[-1] is None  # no predictions file
+    if task == "classification":
+        assert all(
+            p is not None and p.probabilities == [0.75, 0.25] and p.objects is None
+            for p in preds[:-1]
+        )
+    else:
+        counts = [len(p.objects or []) if p is not None else None for p in preds]
+        assert counts[:-1] == [i % 3 for i in range(len(finished.names) - 1)]
+        first = next(p for p in preds if p is not None and p.objects)
+        assert first.objects is not None
+        assert (first.objects[0].label, first.objects[0].score, first.objects[0].box) == (
+            "person",
+            0.9,
+            [1.0, 2.0, 30.0, 40.0],
+        )
+    text = (receiver.store.run_dir("uid-1234") / "chunks" / "0.json").read_text()
+    assert CANARY_SECRET_VALUE not in text
+    assert "note" not in text

@@ -53,6 +53,7 @@ class Fault:
     retry_after: str | None = None
     delay: float = 0.0
     drop: bool = False
+    location: str | None = None  # with a 3xx status: where to redirect
 
 
 class Faults:
@@ -169,6 +170,8 @@ def make_app(store_dir: Path, token: str, faults: Faults | None = None) -> web.A
             resp: web.StreamResponse = _error(fault.status, code, "injected fault")
             if headers:
                 resp.headers.update(headers)
+            if fault.location:
+                resp.headers["Location"] = fault.location
         else:
             auth = request.headers.get("Authorization", "").encode()
             if not hmac.compare_digest(auth, expected):

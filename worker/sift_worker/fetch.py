@@ -311,7 +311,13 @@ class Fetcher:
             if self.refresh is not None and current[0].expires_within(self.refresh_margin):
                 current[0] = self._refresh(current[0].key, name)
             try:
-                return send(current[0])
+                try:
+                    return send(current[0])
+                except FetchError as exc:
+                    # a refusal of a URL whose own lifetime is over: expired, whatever the body
+                    if exc.status in (400, 401, 403) and current[0].expires_within(timedelta(0)):
+                        raise _ExpiredError() from None
+                    raise
             except _ExpiredError:
                 if self.refresh is None or refreshed_after_error:
                     raise FetchError(name, "the signed URL has expired", 403) from None

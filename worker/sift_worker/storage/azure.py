@@ -92,9 +92,18 @@ class AzureStorage(Storage):
             return BadCredentialsError(uri, "Azure refused the account key")
         if isinstance(exc, HttpResponseError) and exc.status_code == 403:
             code = getattr(exc, "error_code", None)
-            if code in ("AuthenticationFailed", "InvalidAuthenticationInfo"):
-                return BadCredentialsError(uri, f"Azure refused the account key ({code})")
-            return AccessDeniedError(uri, f"permission denied ({code or 403})")
+            code = str(getattr(code, "value", code) or 403)
+            if code in (
+                "AuthenticationFailed",
+                "InvalidAuthenticationInfo",
+                "AuthorizationFailure",
+            ):
+                # with an account key every operation is allowed: a refusal means the key
+                # did not verify (Azurite says AuthorizationFailure) or a network rule
+                return BadCredentialsError(
+                    uri, f"Azure refused the account key ({code}; or a firewall rule applies)"
+                )
+            return AccessDeniedError(uri, f"permission denied ({code})")
         if isinstance(exc, ServiceRequestError):
             return StorageError(uri, "cannot connect to the Azure endpoint")
         if isinstance(exc, HttpResponseError):

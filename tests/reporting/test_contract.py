@@ -222,3 +222,15 @@ def test_client_against_receiver_end_to_end(
     assert again.reported == "Reported"
     assert again.sent == 0
     assert [r["path"] for r in receiver.store.requests()].count("/v1/runs/uid-1234/chunks/0") == 1
+
+
+@pytest.mark.parametrize("gzipped", [False, True], ids=["plain", "gzip-bomb"])
+def test_oversized_bodies_are_refused(
+    doc: dict[str, Any], receiver: ReceiverThread, gzipped: bool
+) -> None:
+    big = b'{"name":"' + b"a" * (9 * 1024 * 1024) + b'"}'
+    body = gzip.compress(big) if gzipped else big
+    headers = {"Content-Encoding": "gzip"} if gzipped else {}
+    resp = _send(receiver, doc, "create", body, headers=headers)
+    assert resp.status_code == 413
+    assert receiver.store.run("uid-1234") is None

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 from sift_worker.reporting import report_run
-from sift_worker.reporting.outbox import build_outbox
+from sift_worker.reporting.outbox import OutboxState, build_outbox
 from sift_worker.reporting.receiver import ReceiverThread
 from sift_worker.reporting.salt import hash_filename, salt_path
 from sift_worker.reporting.schema import Chunk, RunCreate, Sample
@@ -208,3 +208,24 @@ def test_predictions_are_shared_only_when_allowed(
     text = (receiver.store.run_dir("uid-1234") / "chunks" / "0.json").read_text()
     assert CANARY_SECRET_VALUE not in text
     assert "note" not in text
+
+
+def test_a_local_run_again_is_a_new_run_a_cluster_retry_is_not(tmp_path: Path) -> None:
+    local = make_finished(tmp_path / "local")
+    run = local.run("http://127.0.0.1:9", uid=None)
+    first = build_outbox(run, local.output, local.input, new_run=True)
+    assert first.run_uid.startswith("local-")
+    assert build_outbox(run, local.output, local.input).run_uid == first.run_uid  # resend
+    again = build_outbox(run, local.output, local.input, new_run=True)
+    assert again.run_uid != first.run_uid
+    cluster = make_finished(tmp_path / "cluster")
+    crun = cluster.run("http://127.0.0.1:9")
+    one = build_outbox(crun, cluster.output, cluster.input, new_run=True)
+    state = OutboxState.load(one.folder)
+    state.acked = {0}
+    state.save(one.folder)
+    (cluster.output / "selection.csv").write_text(
+        (cluster.output / "selection.csv").read_text().replace(",ok,", ",pooled,")
+    )
+    two = build_outbox(crun, cluster.output, cluster.input, new_run=True)  # a retried pod
+    assert (two.run_uid, two.chunk_body(0)) == ("uid-1234", one.chunk_body(0))

@@ -131,7 +131,7 @@ def _report_after_run(run: SelectionRun, output: Path, source: str) -> None:
     """Report a finished run; its results are safe either way, so the exit status stays 0."""
     from sift_worker.reporting import report_run, write_termination_message
 
-    result = report_run(run, output, _volume(run, "input"))
+    result = report_run(run, output, _volume(run, "input"), new_run=True)
     write_termination_message(result)
     if result.reported == "Reported":
         print(f"reporting: done ({result.chunks} chunks)")

@@ -36,6 +36,7 @@ def report_run(
     transport: httpx.BaseTransport | None = None,
     retry: RetryPolicy | None = None,
     build: bool = True,
+    new_run: bool = False,
 ) -> SendResult:
     """Write (or reuse) the outbox of a finished run, then send what is unacknowledged.
 
@@ -44,7 +45,11 @@ def report_run(
     """
     if run.spec.report is None:
         return SendResult("Disabled", "spec.report is not set: nothing is sent", 0, 0, 0)
-    outbox = build_outbox(run, output_dir, input_dir) if build else Outbox.open(output_dir)
+    outbox = (
+        build_outbox(run, output_dir, input_dir, new_run=new_run)
+        if build
+        else Outbox.open(output_dir)
+    )
     if outbox is None:
         raise FileNotFoundError(f"{output_dir}/report/outbox.json: no outbox to send")
     state = OutboxState.load(outbox.folder)

@@ -379,15 +379,21 @@ def build_outbox(
     input_dir: Path | None,
     *,
     max_chunk_bytes: int = MAX_CHUNK_BYTES,
+    new_run: bool = False,
 ) -> Outbox:
     """Write every request body to ``<output>/report/``; reuse an outbox already sent from.
 
-    An outbox some of whose chunks the API acknowledged is kept as it is (a re-run must
-    not send different content under the same chunk index); an unsent one is rebuilt.
+    An outbox some of whose chunks the API acknowledged is kept as it is (a retried pod
+    of the same run must not send other content under the same chunk index); an unsent
+    one is rebuilt. ``new_run``: the outputs were just written by a run without a
+    ``metadata.uid`` (a local run), which is a new run: it gets a new uid and outbox.
     """
     report = run.spec.report
     assert report is not None
     folder = outbox_dir(output_dir)
+    if new_run and not run.metadata.uid:
+        for name in ("outbox.json", "state.json", "local-uid"):
+            (folder / name).unlink(missing_ok=True)
     existing = Outbox.open(output_dir)
     if existing is not None:
         state = OutboxState.load(folder)

@@ -158,8 +158,7 @@ def make_app(store_dir: Path, token: str, faults: Faults | None = None) -> web.A
         fault = faults.take(request.method, request.path)
         if fault is not None and fault.delay:
             await asyncio.sleep(fault.delay)
-        if fault is not None and fault.drop:
-            await request.read()
+        if fault is not None and fault.drop:  # close mid-request, before reading the body
             if request.transport is not None:
                 request.transport.close()
             store.log({"method": request.method, "path": request.path, "status": 0, "key": key})

@@ -177,9 +177,14 @@ def burst(srv: EmulatorServer, kube: Kube, n: int, prefix: str) -> dict[str, Any
 def delete_all(srv: EmulatorServer, kube: Kube, names: list[str]) -> None:
     for name in names:
         kube.delete("selectionruns", NS, name)
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 60
     while time.monotonic() < deadline and kube.list("jobs", NS):
         time.sleep(0.1)
+    left = kube.list("jobs", NS)
+    if left:
+        raise SystemExit(
+            f"{len(left)} Jobs outlived their runs, e.g. {left[0]['metadata']['name']}"
+        )
     for key in [k for k in srv.emulator.created_at if k[1] == NS]:
         del srv.emulator.created_at[key]
 
@@ -241,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
                     "rss_mib_last_cycles": round(tail, 1),
                     "rss_mib_max": round(max(samples), 1),
                     "rss_growth_mib": round(tail - head, 1),
+                    "orphans_collected_by_gc": srv.emulator.orphans_collected,
                 }
                 result.update(churn)
                 print(json.dumps(churn, indent=2))

@@ -293,3 +293,14 @@ def test_run_without_report_sends_nothing_and_writes_no_outbox(
     assert (tmp_path / "out" / "selection.csv").is_file()
     assert not (tmp_path / "out" / "report").exists()
     assert not (tmp_path / "out" / ".sift").exists()
+
+
+def test_report_before_the_run_finished_says_so(
+    tmp_path: Path, finished: Finished, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (finished.output / "selection.csv").unlink()
+    path = _manifest(tmp_path, finished.run("http://127.0.0.1:9"))
+    assert main(["report", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert "no finished run to report" in err
+    assert "selection.csv: No such file" in err

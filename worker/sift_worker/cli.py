@@ -129,9 +129,14 @@ def _volume(run: SelectionRun, which: str) -> Path | None:
 
 def _report_after_run(run: SelectionRun, output: Path, source: str) -> None:
     """Report a finished run; its results are safe either way, so the exit status stays 0."""
-    from sift_worker.reporting import report_run, write_termination_message
+    from sift_worker.reporting import SendResult, report_run, write_termination_message
+    from sift_worker.reporting.outbox import OutboxError
 
-    result = report_run(run, output, _volume(run, "input"), new_run=True)
+    try:
+        result = report_run(run, output, _volume(run, "input"), new_run=True)
+    except (OutboxError, OSError, ValueError) as exc:  # the selection's outputs still stand
+        log.error("reporting: the outbox could not be written: %s", exc)
+        result = SendResult("Pending", f"the outbox could not be written: {exc}", 0, 0, 0)
     write_termination_message(result)
     if result.reported == "Reported":
         print(f"reporting: done ({result.chunks} chunks)")
@@ -145,7 +150,7 @@ def _report_after_run(run: SelectionRun, output: Path, source: str) -> None:
 
 def _report_command(args: argparse.Namespace) -> int:
     from sift_worker.reporting import report_run
-    from sift_worker.reporting.outbox import Outbox, build_outbox
+    from sift_worker.reporting.outbox import Outbox, OutboxError, build_outbox
 
     run = load_manifest(args.file)
     if run.spec.report is None:
@@ -159,7 +164,11 @@ def _report_command(args: argparse.Namespace) -> int:
     output = _volume(run, "output")
     assert output is not None  # the gate above refuses other outputs
     # an outbox already written is what is (or would be) sent: never rebuilt here
-    outbox = Outbox.open(output) or build_outbox(run, output, _volume(run, "input"))
+    try:
+        outbox = Outbox.open(output) or build_outbox(run, output, _volume(run, "input"))
+    except OutboxError as exc:
+        log.error("%s: no finished run to report: %s", args.file, exc)
+        return EXIT_FAILED
     if args.dry_run:
         print(
             f"# {outbox.api_url}: every request body, as in {outbox.folder} (gzipped on the wire)"

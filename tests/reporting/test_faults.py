@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
 from sift_worker.reporting import report_run
@@ -270,3 +271,36 @@ def test_a_redirect_to_another_host_is_not_followed(
         assert result.reported == "Rejected"
         assert "HTTP 307: redirects are not followed" in result.reason
         assert other.store.requests() == []  # the token never went there
+
+
+def test_the_client_cannot_reach_another_host(receiver: ReceiverThread, tmp_path: Path) -> None:
+    from sift_worker.fetch import EGRESS_REFUSED, EgressRefusedError
+
+    before = EGRESS_REFUSED._value.get()
+    with ReceiverThread(tmp_path / "elsewhere", CANARY_TOKEN) as other:
+        with (
+            ResultsClient(receiver.url, CANARY_TOKEN, retry=FAST) as client,
+            pytest.raises(EgressRefusedError, match=r"127\.0\.0\.1"),
+        ):
+            client._client.request("PUT", other.url + "/v1/runs/x", content=b"{}")
+        assert other.store.requests() == []
+    assert EGRESS_REFUSED._value.get() == before + 1
+
+
+def test_an_egress_refusal_underneath_is_a_rejection_not_a_retry() -> None:
+    from sift_worker.fetch import EgressRefusedError
+
+    calls = []
+
+    def refuse(request: httpx.Request) -> httpx.Response:
+        calls.append(request.url.host)
+        raise EgressRefusedError(request.url.host)
+
+    transport = httpx.MockTransport(refuse)
+    with (
+        ResultsClient("https://api.lightly.ai", CANARY_TOKEN, retry=FAST, transport=transport) as c,
+        pytest.raises(ReportRejectedError, match="egress refused") as err,
+    ):
+        c.heartbeat("x", '{"stage":"embedding","done":1}')
+    assert calls == ["api.lightly.ai"]
+    assert CANARY_TOKEN not in str(err.value)

@@ -1,8 +1,9 @@
 """The results-API client: one host, bearer auth, gzip bodies, retries that give up cleanly.
 
-* **One host.** Requests go only to paths under the configured ``/v1`` base URL; redirects
-  are not followed. A guarded transport (the egress allowlist of
-  :mod:`sift_worker.fetch`) can be injected with ``transport=``.
+* **One host.** Requests go only to paths under the configured ``/v1`` base URL, through
+  :class:`OneHostTransport`, which refuses any other host (``EgressRefusedError``, the
+  egress metric of :mod:`sift_worker.fetch`); redirects are not followed. The run's
+  allowlist transport can be layered under it with ``transport=``.
 * **Retries.** 5xx, 429 (honouring ``Retry-After``, capped), timeouts and connection
   errors are retried with exponential backoff and full jitter, within an attempt and a
   time budget; then :class:`ReportUnavailableError`. Any other 4xx is not retried:
@@ -25,6 +26,7 @@ from datetime import UTC, datetime
 
 import httpx
 
+from sift_worker.fetch import EGRESS_REFUSED, EgressRefusedError
 from sift_worker.logs import redact
 from sift_worker.reporting.schema import RunState
 
@@ -101,6 +103,33 @@ def _error_code(resp: httpx.Response) -> str:
     return f" ({code}){detail}"
 
 
+class OneHostTransport(httpx.BaseTransport):
+    """The egress guard for the results API: the API's own host and port, nothing else.
+
+    Refusals raise :class:`~sift_worker.fetch.EgressRefusedError` and count in
+    ``sift_worker_egress_refused_total``, as the data plane's guard does. An outer guard
+    (the run's allowlist) can be passed as ``inner``.
+    """
+
+    def __init__(self, base_url: str, inner: httpx.BaseTransport) -> None:
+        url = httpx.URL(base_url)
+        self._host = url.host.lower()
+        self._port = url.port or (443 if url.scheme == "https" else 80)
+        self._inner = inner
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        port = request.url.port or (443 if request.url.scheme == "https" else 80)
+        host = request.url.host.lower()
+        if (host, port) != (self._host, self._port):
+            EGRESS_REFUSED.inc()
+            log.warning("egress refused: host %s is not the results API", host)
+            raise EgressRefusedError(host)
+        return self._inner.handle_request(request)
+
+    def close(self) -> None:
+        self._inner.close()
+
+
 class ResultsClient:
     """Talks to one results API. Close it (or use ``with``)."""
 
@@ -122,7 +151,7 @@ class ResultsClient:
         self.retry = retry or RetryPolicy()
         self._sleep = sleep
         self._client = httpx.Client(
-            transport=transport or httpx.HTTPTransport(retries=0),
+            transport=OneHostTransport(base_url, transport or httpx.HTTPTransport(retries=0)),
             timeout=httpx.Timeout(timeout, connect=connect_timeout),
             follow_redirects=False,
             headers={"User-Agent": "sift-worker"},
@@ -212,6 +241,8 @@ class ResultsClient:
             raise _RetryError(f"timed out ({type(exc).__name__})") from None
         except httpx.TransportError as exc:
             raise _RetryError(f"connection error ({type(exc).__name__})") from None
+        except EgressRefusedError as exc:
+            raise ReportRejectedError(method, shown, str(exc)) from None
         status = resp.status_code
         if status < 300:
             return resp.content

@@ -43,12 +43,26 @@ CONFIG = Config()
 _state: dict[str, Runtime] = {}
 
 
+class EventHandlersDiffBase(kopf.AnnotationsDiffBaseStorage):
+    """kopf's diff-base storage under ``sift.dev``, for an operator of event and index
+    handlers only.
+
+    kopf builds and compares every object's "essence" (a deep copy) on every watch
+    event, for change-detecting handlers (on.create/update/resume, daemons). This
+    operator registers none (a test keeps it so), so the essence is never used: an
+    empty one saves a deep copy of every run, Job and Pod per event.
+    """
+
+    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> kopf.BodyEssence:
+        return kopf.BodyEssence()
+
+
 def configure_kopf(
     settings: kopf.OperatorSettings, *, fast: bool = False, peering_mandatory: bool = False
 ) -> None:
     """kopf's own settings: Sift-prefixed storage, no namespace scanning, events, timeouts."""
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+    settings.persistence.diffbase_storage = EventHandlersDiffBase(
         prefix=PREFIX, key="last-handled-configuration"
     )
     settings.persistence.finalizer = f"{PREFIX}/finalizer"  # only if a handler ever needs one

@@ -246,3 +246,15 @@ def test_events_are_aggregated_by_count() -> None:
         "uid": "u",
     }
     assert event["reportingInstance"] == "op-1"
+
+
+def test_the_operator_registers_no_change_detecting_handlers() -> None:
+    # EventHandlersDiffBase skips kopf's per-event essence: valid only while this holds
+    import kopf
+    import sift_operator.main  # noqa: F401  (registers the handlers)
+
+    registry = kopf.get_default_registry()
+    assert list(registry._changing.get_all_handlers()) == []
+    assert list(registry._spawning.get_all_handlers()) == []
+    assert len(list(registry._watching.get_all_handlers())) == 3
+    assert len(list(registry._indexing.get_all_handlers())) == 3

@@ -258,3 +258,16 @@ def test_the_operator_registers_no_change_detecting_handlers() -> None:
     assert list(registry._spawning.get_all_handlers()) == []
     assert len(list(registry._watching.get_all_handlers())) == 3
     assert len(list(registry._indexing.get_all_handlers())) == 3
+
+
+def test_the_operator_runtime_imports_no_torch() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, sift_operator.main, sift_operator.kube;"
+        "heavy = {'torch', 'numpy', 'PIL'} & set(sys.modules);"
+        "assert not heavy, heavy"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr

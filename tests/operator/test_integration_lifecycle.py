@@ -349,3 +349,28 @@ def test_cilium_mode_without_cilium_holds_the_job_back(cluster: Cluster, ns: str
     finally:
         resources[key] = info
     cluster.wait_job(ns, "nocil")  # recovers once the CRD is installed
+
+
+def test_unschedulable_pod_is_reported_and_clears(cluster: Cluster, ns: str) -> None:
+    cluster.kube.create(selection_run("sched", ns, worker={"resources": {"gpu": 8}}))
+    job = cluster.wait_job(ns, "sched")
+    pod = cluster.ctl.create_pod(job)
+    cluster.ctl.pod_status(
+        pod,
+        {
+            "phase": "Pending",
+            "conditions": [
+                {
+                    "type": "PodScheduled",
+                    "status": "False",
+                    "reason": "Unschedulable",
+                    "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu.",
+                }
+            ],
+        },
+    )
+    run = cluster.wait_reason(ns, "sched", "Running", "Unschedulable")
+    assert "Insufficient nvidia.com/gpu" in condition(run, "Running")["message"]
+    assert "Unschedulable" in cluster.reasons(ns, "sched")
+    cluster.ctl.run(job, pod)  # a GPU node joined
+    cluster.wait_phase(ns, "sched", "Running")

@@ -256,6 +256,10 @@ def test_run_reports_after_writing_outputs(
         assert canary not in proc.stderr or canary.startswith("img-")  # logs may name files
     assert CANARY_TOKEN not in proc.stderr + proc.stdout
     assert json.loads((tmp_path / "termination-log").read_text())["reported"] == "Reported"
+    beats = (receiver.store.run_dir("run-uid-42") / "heartbeats.jsonl").read_text().splitlines()
+    stages = [json.loads(b)["stage"] for b in beats]
+    assert stages[0] in ("embedding", "thumbnails")  # the latest stage when the thread began
+    assert stages[-1] == "reporting"
 
 
 def test_unreachable_api_leaves_results_safe_and_says_pending(

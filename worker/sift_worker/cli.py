@@ -102,13 +102,25 @@ def _execute(args: argparse.Namespace) -> int:
         source = str(args.file)
         run = load_manifest(args.file)
     bars = False if (args.no_progress_bars or args.log_format == "json") else None
-    summary = run_selection(
-        run,
-        RunSettings(threads=args.threads, decode_workers=args.decode_workers, source=source),
-        Progress(bars=bars),
-    )
+    beats = None
+    output = _volume(run, "output")
+    if run.spec.report is not None and output is not None:
+        from sift_worker.reporting.heartbeat import Heartbeats
+
+        beats = Heartbeats(run, output, os.environ)
+    try:
+        summary = run_selection(
+            run,
+            RunSettings(threads=args.threads, decode_workers=args.decode_workers, source=source),
+            Progress(bars=bars, listener=beats),
+        )
+    finally:
+        if beats is not None:
+            beats.close()
     if run.spec.report is not None:
-        _report_after_run(run, summary.output, source)
+        # a local run's heartbeats already made its new uid; else the report makes it
+        new_run = not (beats is not None and beats.began_local_run)
+        _report_after_run(run, summary.output, source, new_run=new_run)
     log.info(
         "done: selected %d of %d samples (%d corrupt skipped); open %s",
         summary.selected,
@@ -127,13 +139,13 @@ def _volume(run: SelectionRun, which: str) -> Path | None:
     return Path(loc.volume.path) if loc.volume is not None else None
 
 
-def _report_after_run(run: SelectionRun, output: Path, source: str) -> None:
+def _report_after_run(run: SelectionRun, output: Path, source: str, *, new_run: bool) -> None:
     """Report a finished run; its results are safe either way, so the exit status stays 0."""
     from sift_worker.reporting import SendResult, report_run, write_termination_message
     from sift_worker.reporting.outbox import OutboxError
 
     try:
-        result = report_run(run, output, _volume(run, "input"), new_run=True)
+        result = report_run(run, output, _volume(run, "input"), new_run=new_run)
     except (OutboxError, OSError, ValueError) as exc:  # the selection's outputs still stand
         log.error("reporting: the outbox could not be written: %s", exc)
         result = SendResult("Pending", f"the outbox could not be written: {exc}", 0, 0, 0)

@@ -62,9 +62,6 @@ def _errors(*codes: int) -> dict[str, Any]:
     return out
 
 
-COMMON_ERRORS = (400, 401, 404, 413, 415, 429, 503)
-
-
 def _body(name: str, description: str) -> dict[str, Any]:
     return {"required": True, "description": description, "content": _json(name)}
 
@@ -136,11 +133,13 @@ def openapi_document() -> dict[str, Any]:
                 "post": {
                     "operationId": "heartbeat",
                     "summary": "The worker's stage and progress.",
+                    "description": "Best effort, at most every few seconds, one attempt each; "
+                    "may come before the run is created (its size is known only at the end).",
                     "parameters": [ENCODING],
                     "requestBody": _body("Heartbeat", "Stage, done, total."),
                     "responses": {
                         "204": {"description": "Recorded."},
-                        **_errors(*COMMON_ERRORS),
+                        **_errors(400, 401, 413, 415, 429, 503),
                     },
                 },
             },

@@ -304,6 +304,16 @@ def run_uid(run: SelectionRun, output_dir: Path) -> str:
     return uid
 
 
+def begin_local_run(output_dir: Path) -> str:
+    """A local run starts: forget the last run's outbox, make and keep a new run uid."""
+    folder = outbox_dir(output_dir)
+    for name in ("outbox.json", "state.json", "local-uid"):
+        (folder / name).unlink(missing_ok=True)
+    uid = f"local-{uuid.uuid4()}"
+    atomic_write_text(folder / "local-uid", uid + "\n")
+    return uid
+
+
 def build_samples(
     run: SelectionRun, report: ReportSpec, output_dir: Path, input_dir: Path | None
 ) -> tuple[list[Sample], ShareSettings, dict[str, Any]]:
@@ -392,8 +402,7 @@ def build_outbox(
     assert report is not None
     folder = outbox_dir(output_dir)
     if new_run and not run.metadata.uid:
-        for name in ("outbox.json", "state.json", "local-uid"):
-            (folder / name).unlink(missing_ok=True)
+        begin_local_run(output_dir)
     existing = Outbox.open(output_dir)
     if existing is not None:
         state = OutboxState.load(folder)

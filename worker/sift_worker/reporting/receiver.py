@@ -244,8 +244,7 @@ def make_app(store_dir: Path, token: str, faults: Faults | None = None) -> web.A
             beat = Heartbeat.model_validate_json(raw)
         except ValidationError as exc:
             return invalid(exc)
-        if store.run(uid) is None:
-            return _error(404, "not_found", "no such run")
+        store.run_dir(uid).mkdir(parents=True, exist_ok=True)  # may come before create
         with (store.run_dir(uid) / "heartbeats.jsonl").open("a", encoding="utf-8") as fh:
             fh.write(_json(beat) + "\n")
         return web.Response(status=204)

@@ -68,11 +68,19 @@ def test_report_sends_the_outbox_and_says_so(
     finished: Finished,
     token: str,
     capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     path = _manifest(tmp_path, finished.run(receiver.url))
+    monkeypatch.setenv("SIFT_TERMINATION_LOG", str(tmp_path / "termination-log"))
     assert main(["report", str(path)]) == 0
     assert "reporting: Reported (1 of 1 chunks acknowledged)" in capsys.readouterr().out
     assert receiver.store.completed("uid-1234")
+    assert json.loads((tmp_path / "termination-log").read_text()) == {
+        "reported": "Reported",
+        "reason": "",
+        "chunks": 1,
+        "acked": 1,
+    }
 
 
 def test_report_exit_codes_pending_and_rejected(

@@ -161,7 +161,7 @@ def _report_after_run(run: SelectionRun, output: Path, source: str, *, new_run: 
 
 
 def _report_command(args: argparse.Namespace) -> int:
-    from sift_worker.reporting import report_run
+    from sift_worker.reporting import report_run, write_termination_message
     from sift_worker.reporting.outbox import Outbox, OutboxError, build_outbox
 
     run = load_manifest(args.file)
@@ -190,6 +190,7 @@ def _report_command(args: argparse.Namespace) -> int:
             print(body)
         return EXIT_OK
     result = report_run(run, output, _volume(run, "input"), build=False)
+    write_termination_message(result)  # a follow-up Job tells the operator the same way
     print(f"reporting: {result.reported} ({result.acked} of {result.chunks} chunks acknowledged)")
     if result.reported == "Reported":
         return EXIT_OK

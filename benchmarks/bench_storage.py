@@ -122,6 +122,15 @@ def run_once(inp: dict[str, object], out: dict[str, object], threads: int) -> tu
     return time.perf_counter() - start, summary.embedded
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (Linux /proc), 0.0 where unavailable."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def listing_peak(endpoint: str, n: int) -> tuple[float, int, float]:
     from sift_worker.storage.s3 import S3Credentials, S3Storage
 
@@ -262,7 +271,10 @@ def main() -> None:
             for _ in range(1):  # interleaved: same warm state for both
                 sec, n = run_once(vol_in, vol_out, args.threads)
                 results["volume"].append(n / sec)
+                moto_before, me_before = cpu_seconds(child.pid), cpu_seconds(os.getpid())
                 sec, n = run_once(s3_in, s3_out, args.threads)
+                moto_cpu = cpu_seconds(child.pid) - moto_before
+                my_cpu = cpu_seconds(os.getpid()) - me_before
                 results["s3"].append(n / sec)
             vol = max(results["volume"])
             s3 = max(results["s3"])
@@ -270,6 +282,10 @@ def main() -> None:
             print(f"  local folder      {vol:7.1f} images/s")
             print(f"  S3 signed URLs    {s3:7.1f} images/s   (moto server)")
             print(f"  ratio S3/folder   {s3 / vol:7.2f}   (target >= 0.90)")
+            print(
+                f"  S3 run CPU: moto server {moto_cpu:.1f} s, worker {my_cpu:.1f} s "
+                f"(wall {n / s3:.1f} s on {os.cpu_count()} CPUs)"
+            )
             if args.gcs:
                 gcs = gcs_run(images, Path(tmp), args.threads)
                 print(f"  GCS signed URLs   {gcs:7.1f} images/s   (fake-gcs-server, Go)")

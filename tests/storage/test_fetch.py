@@ -138,13 +138,21 @@ def test_expired_answer_triggers_one_refresh(scripted: tuple[Script, int]) -> No
     ]
     keys: list[str] = []
 
-    def refresh(key: str) -> SignedURL:
-        keys.append(key)
-        return _url(port, key)
+    def refresh(old: SignedURL) -> SignedURL:
+        keys.append(old.key)
+        return _url(port, old.key)
 
     with Fetcher({"127.0.0.1"}, retry=FAST, refresh=refresh) as client:
         assert client.get_bytes(_url(port)) == b"fresh"
     assert keys == ["cams/a.jpg"]
+
+    # a refresh that answers for another object is refused
+    script.responses[:] = [(403, {}, b"Request has expired"), (200, {}, b"wrong")]
+    with (
+        Fetcher({"127.0.0.1"}, retry=FAST, refresh=lambda old: _url(port, "other.jpg")) as client,
+        pytest.raises(FetchError, match="another object or method"),
+    ):
+        client.get_bytes(_url(port))
 
 
 def test_hanging_server_times_out_naming_the_object() -> None:

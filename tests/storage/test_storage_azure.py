@@ -19,6 +19,7 @@ from sift_worker.storage import (
     ListFilter,
     OutsidePrefixError,
     RunSigner,
+    SignedURL,
 )
 from sift_worker.storage.azure import AzureStorage
 from storage_servers import AZURITE_ACCOUNT, AZURITE_KEY, Server
@@ -88,9 +89,9 @@ def test_fetcher_refreshes_an_expired_sas(azurite: Server) -> None:
     time.sleep(2.2)
     refreshed: list[str] = []
 
-    def refresh(key: str):  # type: ignore[no-untyped-def]
-        refreshed.append(key)
-        return store.sign_get(key)
+    def refresh(old: SignedURL) -> SignedURL:
+        refreshed.append(old.key)
+        return store.sign_get(old.key)
 
     # before use: a URL inside the margin is re-signed first
     with Fetcher(store.hosts(), refresh=refresh) as fetch:

@@ -272,3 +272,38 @@ def test_signer_pages_inputs_with_signed_urls(moto_server: Server, s3_client: An
     assert [u.key for u in signer.sign_inputs(["001.jpg", "002.jpg"])] == ["001.jpg", "002.jpg"]
     with pytest.raises(ValueError, match="at most 1000 keys"):
         signer.sign_inputs(["k"] * 1001)
+
+
+def test_upload_dir_sends_run_json_last_and_refreshes_puts_as_puts(
+    moto_server: Server, s3_client: Any, tmp_path: Any
+) -> None:
+    from sift_worker.dataplane import RemoteOutput, _resign
+
+    bucket = _bucket(s3_client)
+    signer = RunSigner(
+        _storage(moto_server, bucket, "in/"),
+        _storage(moto_server, bucket, "out/", writable=True),
+    )
+    for rel in ("run.json", "selection.csv", "thumbnails/1_a.jpg", "report.html"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(rel)
+    sent: list[str] = []
+    with Fetcher(signer.allowed_hosts()) as fetch:
+        real = fetch.put_bytes
+
+        def record(signed: Any, data: bytes, name: str | None = None) -> None:
+            sent.append(signed.key)
+            real(signed, data, name)
+
+        fetch.put_bytes = record  # type: ignore[method-assign]
+        assert RemoteOutput(signer, fetch, workers=4).upload_dir(tmp_path) == 4
+    assert sent[-1] == "run.json"
+    assert sorted(sent) == ["report.html", "run.json", "selection.csv", "thumbnails/1_a.jpg"]
+    got = s3_client.get_object(Bucket=bucket, Key="out/report.html")
+    assert got["ContentType"] == "text/html"
+
+    put = signer.sign_uploads(["selection.csv"], ["text/csv"])[0]
+    again = _resign(signer, put)
+    assert (again.method, again.key, again.headers) == ("PUT", "selection.csv", put.headers)
+    get = signer.sign_inputs(["a.jpg"])[0]
+    assert _resign(signer, get).method == "GET"

@@ -23,12 +23,13 @@ from collections.abc import Callable, Container, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from sift_worker.api.v1alpha1 import SelectionRun, StorageLocation
 from sift_worker.fetch import Fetcher, ObjectGoneError
 from sift_worker.imaging import CorruptImage
-from sift_worker.storage import ListFilter, RunSigner, Storage, open_storage
+from sift_worker.storage import ListFilter, RunSigner, SignedURL, Storage, open_storage
 
 __all__ = ["DataPlane", "RemoteInput", "RemoteOutput", "open_data_plane"]
 
@@ -111,6 +112,13 @@ class DataPlane:
         return self.upload.storage.uri() if self.upload else str(self.output_dir)
 
 
+def _resign(signer: RunSigner, old: SignedURL) -> SignedURL:
+    """A fresh URL for the same key and method (the Fetcher's refresh callback)."""
+    if old.method == "GET":
+        return signer.sign_inputs([old.key])[0]
+    return signer.sign_uploads([old.key], [old.headers.get("Content-Type")])[0]
+
+
 def _is_volume(loc: StorageLocation) -> bool:
     return loc.volume is not None
 
@@ -139,7 +147,7 @@ def open_data_plane(
     fetcher = Fetcher(
         hosts,
         concurrency=FETCH_CONCURRENCY,
-        refresh=lambda key: signer.sign_inputs([key])[0],
+        refresh=partial(_resign, signer),
     )
     try:
         source: Path | RemoteInput

@@ -219,8 +219,8 @@ def _retry_after(value: str | None) -> float | None:
 
 _EXPIRED_MARKERS = (b"expired", b"Expired", b"ExpiredToken", b"not valid at this time")
 
-Refresh = Callable[[str], SignedURL]
-"""Re-sign one key (the broker's ``sign`` endpoint, or the in-process signer)."""
+Refresh = Callable[[SignedURL], SignedURL]
+"""Re-sign a URL for the same key and method (the broker, or the in-process signer)."""
 
 
 class Fetcher:
@@ -309,7 +309,7 @@ class Fetcher:
         def attempt() -> bytes:
             nonlocal refreshed_after_error
             if self.refresh is not None and current[0].expires_within(self.refresh_margin):
-                current[0] = self._refresh(current[0].key, name)
+                current[0] = self._refresh(current[0], name)
             try:
                 try:
                     return send(current[0])
@@ -322,7 +322,7 @@ class Fetcher:
                 if self.refresh is None or refreshed_after_error:
                     raise FetchError(name, "the signed URL has expired", 403) from None
                 refreshed_after_error = True
-                current[0] = self._refresh(current[0].key, name)
+                current[0] = self._refresh(current[0], name)
                 return send(current[0])
 
         def before_sleep(state: RetryCallState) -> None:
@@ -357,13 +357,16 @@ class Fetcher:
                 FETCH_FAILURES.inc()
                 raise FetchError(name, "the signed URL has expired", 403) from None
 
-    def _refresh(self, key: str, name: str) -> SignedURL:
+    def _refresh(self, old: SignedURL, name: str) -> SignedURL:
         assert self.refresh is not None
         URL_REFRESHES.inc()
         try:
-            return self.refresh(key)
+            fresh = self.refresh(old)
         except Exception as exc:
             raise FetchError(name, f"re-signing failed: {redact(str(exc))}") from None
+        if (fresh.method, fresh.key) != (old.method, old.key):
+            raise FetchError(name, "re-signing returned a URL for another object or method")
+        return fresh
 
     def _get(self, url: SignedURL, signed: SignedURL, name: str | None) -> bytes:
         label = name or signed.key

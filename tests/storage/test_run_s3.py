@@ -184,3 +184,28 @@ def test_an_object_that_vanishes_reads_as_corrupt(moto_server: Server, aws_env: 
         client.delete_object(Bucket=bucket, Key="in/a.jpg")
         with pytest.raises(CorruptImage, match="vanished during the run"):
             remote.read_bytes("a.jpg")
+
+
+def test_relevant_filenames_are_read_from_the_bucket(moto_server: Server, aws_env: None) -> None:
+    from sift_worker.config import ConfigError, parse_manifest
+    from sift_worker.dataplane import RemoteInput
+    from sift_worker.run import _relevant
+    from sift_worker.storage import RunSigner
+    from sift_worker.storage.s3 import S3Storage
+
+    client = _client(moto_server)
+    bucket = f"rel-{uuid.uuid4().hex[:8]}"
+    client.create_bucket(Bucket=bucket)
+    client.put_object(Bucket=bucket, Key="in/lists/keep.txt", Body=b"# keep\na.jpg\n./b/c.jpg\n")
+    doc: dict[str, Any] = yaml.safe_load((ROOT / "examples" / "demo.yaml").read_text())
+    doc["spec"]["datasource"]["relevantFilenames"] = "lists/keep.txt"
+    run = parse_manifest(doc, "t")
+    signer = RunSigner(S3Storage(bucket, "in/", endpoint=moto_server.endpoint))
+    with Fetcher(signer.allowed_hosts()) as fetch:
+        remote = RemoteInput(signer, fetch)
+        assert _relevant(run, remote, "t") == {"a.jpg", "b/c.jpg"}
+        doc["spec"]["datasource"]["relevantFilenames"] = "lists/missing.txt"
+        with pytest.raises(ConfigError) as exc:
+            _relevant(parse_manifest(doc, "t"), remote, "t")
+    assert f"s3://{bucket}/in/lists/missing.txt: HTTP 404" in str(exc.value)
+    assert "X-Amz" not in str(exc.value)

@@ -119,7 +119,10 @@ def run_once(inp: dict[str, object], out: dict[str, object], threads: int) -> tu
     summary = run_selection(
         run, RunSettings(threads=threads, decode_workers=threads), Progress(bars=False)
     )
-    return time.perf_counter() - start, summary.embedded
+    seconds = time.perf_counter() - start
+    stages = ", ".join(f"{k} {v:.1f}" for k, v in summary.timings.items())
+    print(f"    {next(iter(inp))} run: {seconds:.1f} s ({stages}; rest: upload)")
+    return seconds, summary.embedded
 
 
 def cpu_seconds(pid: int) -> float:

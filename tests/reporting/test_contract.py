@@ -1,10 +1,10 @@
 """The contract: the checked-in OpenAPI document, and the receiver and client keeping to it.
 
-Schemathesis is not installed here (it pulls a large dependency tree); the equivalent
-below walks every operation of the document: valid OpenAPI 3.1, every request body the
-worker builds validates against the documented request schema, every response the
-receiver gives (success and each documented error) has a documented status and
-validates against the documented response schema.
+Besides schemathesis's generated requests (test_schemathesis.py), these walk every
+operation with the worker's real bodies: valid OpenAPI 3.1, every request body the worker
+builds validates against the documented request schema, every response the receiver gives
+(success and each documented error) has a documented status and validates against the
+documented response schema.
 """
 
 from __future__ import annotations

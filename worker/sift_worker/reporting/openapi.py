@@ -37,8 +37,8 @@ def _json(name: str) -> dict[str, Any]:
 
 def _errors(*codes: int) -> dict[str, Any]:
     text = {
-        400: "The body does not match the schema, or a chunk carries fields its run's share "
-        "settings do not allow (`invalid_payload`). Not retried.",
+        400: "The body or a path parameter does not match the schema, or a chunk carries "
+        "fields its run's share settings do not allow (`invalid_payload`). Not retried.",
         401: "Missing or wrong bearer token (`unauthorized`). Not retried.",
         404: "No such run (`not_found`): create it first. Not retried.",
         409: "Conflict (`conflict`): the run or chunk exists with other content, or (complete) "
@@ -74,13 +74,6 @@ UID = {
     "its outbox).",
     "schema": {"type": "string", "pattern": "^[A-Za-z0-9-]{1,64}$"},
 }
-ENCODING = {
-    "name": "Content-Encoding",
-    "in": "header",
-    "required": False,
-    "description": "The worker sends gzip; identity is accepted too.",
-    "schema": {"type": "string", "enum": ["gzip", "identity"]},
-}
 
 
 def openapi_document() -> dict[str, Any]:
@@ -98,7 +91,8 @@ def openapi_document() -> dict[str, Any]:
             "version": API_VERSION,
             "description": "What a Sift worker sends after a run's results are safe in the "
             "user's own storage: only what `spec.report.share` allows (docs/reporting.md). "
-            "Generated from worker/sift_worker/reporting/schema.py.",
+            "Request bodies are JSON, sent with `Content-Encoding: gzip` (identity is accepted "
+            "too). Generated from worker/sift_worker/reporting/schema.py.",
         },
         "servers": [{"url": "https://api.lightly.ai"}],
         "security": [{"bearer": []}],
@@ -111,7 +105,6 @@ def openapi_document() -> dict[str, Any]:
                     "description": "The same body again answers 200 with the chunks already "
                     "received, so a restarted worker sends only the rest. A different body "
                     "for an existing uid is a 409.",
-                    "parameters": [ENCODING],
                     "requestBody": _body("RunCreate", "The run and its share settings."),
                     "responses": {
                         "200": {"description": "Existed: resumed.", "content": _json("RunState")},
@@ -124,7 +117,7 @@ def openapi_document() -> dict[str, Any]:
                     "summary": "The chunks received so far.",
                     "responses": {
                         "200": {"description": "The run.", "content": _json("RunState")},
-                        **_errors(401, 404, 429, 503),
+                        **_errors(400, 401, 404, 429, 503),
                     },
                 },
             },
@@ -135,7 +128,6 @@ def openapi_document() -> dict[str, Any]:
                     "summary": "The worker's stage and progress.",
                     "description": "Best effort, at most every few seconds, one attempt each; "
                     "may come before the run is created (its size is known only at the end).",
-                    "parameters": [ENCODING],
                     "requestBody": _body("Heartbeat", "Stage, done, total."),
                     "responses": {
                         "204": {"description": "Recorded."},
@@ -159,7 +151,6 @@ def openapi_document() -> dict[str, Any]:
                     "description": "The same key and body again answers 200 and stores nothing "
                     "twice; other content under a received index is a 409.",
                     "parameters": [
-                        ENCODING,
                         {
                             "name": "Idempotency-Key",
                             "in": "header",
@@ -181,7 +172,6 @@ def openapi_document() -> dict[str, Any]:
                 "post": {
                     "operationId": "completeRun",
                     "summary": "Every chunk is sent; the run's counts.",
-                    "parameters": [ENCODING],
                     "requestBody": _body("Complete", "Chunk and sample counts, summary."),
                     "responses": {
                         "200": {"description": "Complete.", "content": _json("RunState")},

@@ -32,6 +32,7 @@ from sift_worker.reporting.schema import (
     Chunk,
     Complete,
     Error,
+    ErrorCode,
     Heartbeat,
     RunCreate,
     RunState,
@@ -78,7 +79,7 @@ class Faults:
         return None
 
 
-def _error(status: int, code: str, message: str, **extra: Any) -> web.Response:
+def _error(status: int, code: ErrorCode, message: str, **extra: Any) -> web.Response:
     body = Error(error=code, message=message[:4096], **extra)
     headers = {"WWW-Authenticate": 'Bearer realm="sift"'} if status == 401 else None
     return web.json_response(
@@ -165,7 +166,7 @@ def make_app(store_dir: Path, token: str, faults: Faults | None = None) -> web.A
             raise ConnectionResetError("fault: connection dropped")
         if fault is not None and not fault.delay:
             headers = {"Retry-After": fault.retry_after} if fault.retry_after else None
-            code = "rate_limited" if fault.status == 429 else "unavailable"
+            code: ErrorCode = "rate_limited" if fault.status == 429 else "unavailable"
             resp: web.StreamResponse = _error(fault.status, code, "injected fault")
             if headers:
                 resp.headers.update(headers)
@@ -204,7 +205,9 @@ def make_app(store_dir: Path, token: str, faults: Faults | None = None) -> web.A
 
     def uid_of(request: web.Request) -> str | web.Response:
         uid = request.match_info["uid"]
-        return uid if _UID.fullmatch(uid) else _error(404, "not_found", "no such run")
+        if _UID.fullmatch(uid):
+            return uid
+        return _error(400, "invalid_payload", "runUid must match ^[A-Za-z0-9-]{1,64}$")
 
     async def put_run(request: web.Request) -> web.Response:
         uid = uid_of(request)
@@ -254,8 +257,8 @@ def make_app(store_dir: Path, token: str, faults: Faults | None = None) -> web.A
         if isinstance(uid, web.Response):
             return uid
         index_text = request.match_info["index"]
-        if not index_text.isdigit() or len(index_text) > 8:
-            return _error(404, "not_found", "no such chunk index")
+        if not index_text.isdigit() or int(index_text) > 10**7:
+            return _error(400, "invalid_payload", "index must be an integer 0 ... 10000000")
         index = int(index_text)
         key = request.headers.get("Idempotency-Key", "")
         if not key or len(key) > 200:

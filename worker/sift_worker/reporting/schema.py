@@ -22,7 +22,14 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+)
 from pydantic.alias_generators import to_camel
 
 API_VERSION = "v1"
@@ -58,17 +65,26 @@ def _relative_name(value: str) -> str:
     return value
 
 
-Text = Annotated[str, StringConstraints(max_length=MAX_TEXT), AfterValidator(plain_text)]
+# plain_text's rules, for the JSON schema (reviewers, generators): no control characters,
+# no URL with a query string or fragment, not a data: URI. Validation runs plain_text.
+PLAIN_TEXT_PATTERN = (
+    r"^(?![\s\S]*[a-zA-Z][a-zA-Z0-9+.\-]*://\S*[?#])(?!\s*[dD][aA][tT][aA]:)[^\x00-\x1f\x7f]*$"
+)
+_PLAIN = Field(json_schema_extra={"pattern": PLAIN_TEXT_PATTERN})
+
+Text = Annotated[str, StringConstraints(max_length=MAX_TEXT), AfterValidator(plain_text), _PLAIN]
 Name = Annotated[
     str,
     StringConstraints(min_length=1, max_length=MAX_TEXT),
     AfterValidator(plain_text),
+    _PLAIN,
 ]
 PlainFilename = Annotated[
     str,
     StringConstraints(min_length=1, max_length=MAX_FILENAME),
     AfterValidator(plain_text),
     AfterValidator(_relative_name),
+    _PLAIN,
 ]
 FilenameHash = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 RunUid = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9-]+$")]
@@ -76,9 +92,20 @@ MetadataKey = Annotated[
     str,
     StringConstraints(min_length=1, max_length=253, pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$"),
 ]
+
+
+def _integral(value: object) -> object:
+    """JSON Schema's integer includes 1.0; booleans and strings stay refused (strict)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+_INTEGRAL = BeforeValidator(_integral)  # after the constraints: the JSON schema keeps them
+Int = Annotated[int, _INTEGRAL]
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
-Count = Annotated[int, Field(ge=0, le=10**12)]
-MetadataValue = bool | int | FiniteFloat | Text | None
+Count = Annotated[int, Field(ge=0, le=10**12), _INTEGRAL]
+MetadataValue = bool | Int | FiniteFloat | Text | None
 
 FilenameMode = Literal["plain", "hashed", "none"]
 Stage = Literal[
@@ -88,10 +115,14 @@ SampleStatus = Literal["ok", "corrupt", "duplicate", "pooled", "excluded"]
 
 
 class Payload(BaseModel):
-    """camelCase on the wire; unknown fields are errors; immutable."""
+    """camelCase on the wire; unknown fields are errors; no coercion (strict); immutable."""
 
     model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        frozen=True,
+        strict=True,
     )
 
 
@@ -112,8 +143,10 @@ class RunCreate(Payload):
     share: ShareSettings
     worker_version: Text
     samples: Count = Field(description="Samples described by the chunks, in total.")
-    chunks: Annotated[int, Field(ge=0, le=10**7)] = Field(description="Chunks to expect.")
-    embedding_dim: Annotated[int, Field(ge=1, le=MAX_EMBEDDING_DIM)] | None = Field(
+    chunks: Annotated[int, Field(ge=0, le=10**7), _INTEGRAL] = Field(
+        description="Chunks to expect."
+    )
+    embedding_dim: Annotated[int, Field(ge=1, le=MAX_EMBEDDING_DIM), _INTEGRAL] | None = Field(
         None, description="Length of every embedding; only when share.embeddings."
     )
     prediction_task: Literal["classification", "detection"] | None = Field(
@@ -129,7 +162,7 @@ class RunState(Payload):
 
     run_uid: RunUid
     status: Literal["open", "complete"]
-    received_chunks: list[Annotated[int, Field(ge=0)]] = Field(max_length=10**7)
+    received_chunks: list[Annotated[int, Field(ge=0), _INTEGRAL]] = Field(max_length=10**7)
 
 
 class Heartbeat(Payload):
@@ -158,7 +191,7 @@ class Predictions(Payload):
 class Sample(Payload):
     """One sample. Which optional fields are present is fixed by the share settings."""
 
-    index: Annotated[int, Field(ge=0, le=10**12)] = Field(
+    index: Annotated[int, Field(ge=0, le=10**12), _INTEGRAL] = Field(
         description="Row of the sample in the run (selection.csv order)."
     )
     filename: PlainFilename | None = Field(None, description="Only with filenames: plain.")
@@ -166,7 +199,7 @@ class Sample(Payload):
         None, description="HMAC-SHA256 of the filename (hex); only with filenames: hashed."
     )
     selected: bool
-    rank: Annotated[int, Field(ge=1, le=10**12)] | None = Field(
+    rank: Annotated[int, Field(ge=1, le=10**12), _INTEGRAL] | None = Field(
         None, description="1 = picked first; only for selected samples."
     )
     status: SampleStatus
@@ -182,7 +215,7 @@ class Sample(Payload):
 class Chunk(Payload):
     """``PUT /v1/runs/{runUid}/chunks/{index}``: a bounded slice of the run's samples."""
 
-    index: Annotated[int, Field(ge=0, le=10**7)]
+    index: Annotated[int, Field(ge=0, le=10**7), _INTEGRAL]
     samples: list[Sample] = Field(min_length=1, max_length=MAX_SAMPLES_PER_CHUNK)
 
 
@@ -199,26 +232,29 @@ class Summary(Payload):
 class Complete(Payload):
     """``POST /v1/runs/{runUid}/complete``: every chunk is sent; the run's counts."""
 
-    chunks: Annotated[int, Field(ge=0, le=10**7)]
+    chunks: Annotated[int, Field(ge=0, le=10**7), _INTEGRAL]
     samples: Count
     summary: Summary
+
+
+ErrorCode = Literal[
+    "unauthorized",
+    "invalid_payload",
+    "not_found",
+    "conflict",
+    "too_large",
+    "unsupported_media_type",
+    "rate_limited",
+    "unavailable",
+]
 
 
 class Error(Payload):
     """Every error response."""
 
-    error: Literal[
-        "unauthorized",
-        "invalid_payload",
-        "not_found",
-        "conflict",
-        "too_large",
-        "unsupported_media_type",
-        "rate_limited",
-        "unavailable",
-    ]
+    error: ErrorCode
     message: Annotated[str, StringConstraints(max_length=4096)]
-    missing_chunks: list[int] | None = Field(
+    missing_chunks: list[Int] | None = Field(
         None, description="For complete: the chunks not received yet."
     )
 

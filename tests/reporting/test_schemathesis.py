@@ -39,9 +39,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ReceiverThread]:
 
 
 @schema.parametrize()
-@settings(
-    max_examples=15, deadline=None, database=None, suppress_health_check=list(HealthCheck)
-)
+@settings(max_examples=15, deadline=None, database=None, suppress_health_check=list(HealthCheck))
 def test_receiver_keeps_to_the_document(case: schemathesis.Case[Any], live: ReceiverThread) -> None:
     excluded = [positive_data_acceptance] if case.operation.path in CROSS_REQUEST else []
     case.call_and_validate(

@@ -213,7 +213,7 @@ AVX2 static void f32_update_avx2(const float *x, Py_ssize_t ld, Py_ssize_t dim, 
 AVX2 static Py_ssize_t i8_scan_avx2(const int8_t *x, Py_ssize_t ld, const int16_t *q,
                                     float qscale, const uint16_t *scale, const float *lowbar,
                                     float *out, int64_t *pos, Py_ssize_t p0, Py_ssize_t p1) {
-    Py_ssize_t count = 0, i = p0, ahead = 32 * ld;
+    Py_ssize_t count = 0, i = p0, ahead = 64 * ld;
     __m256 qs = _mm256_set1_ps(qscale);
     if (ld % 16) return i8_scan_c(x, ld, q, qscale, scale, lowbar, out, pos, p0, p1);
     for (; i + 8 <= p1; i += 8) {

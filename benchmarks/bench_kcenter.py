@@ -230,6 +230,53 @@ def run(name: str, x: np.ndarray, modes: list[str], args: argparse.Namespace) ->
     print(f"picks compared with the reference on its first {prefix} steps")
 
 
+def paired_scans(x: np.ndarray, rounds: int = 30) -> None:
+    """One k-center step's scan against a plain read of the same matrix, alternated.
+
+    Alternating step by step puts both under the same load at the same moment, so
+    this ratio holds still where the machine's bandwidth does not.
+    """
+    from sift_worker.selection import native
+
+    if native.kernels is None:
+        print("scan kernels not built: skipping the paired measurement")
+        return
+    kernels = native.kernels
+    n, d = x.shape
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    read = torch.from_numpy(unit)
+    maxsim = np.full(n, -np.inf, np.float32)
+    ld = -(-d // 64) * 64
+    store = np.zeros((n, ld), np.int8)
+    store[:, :d] = np.clip(np.round(unit * 127 / np.abs(unit).max()), -127, 127)
+    scale = np.full(n, 0x3C00, np.int16)  # bfloat16 bits of 1/128
+    q16 = np.zeros(ld, np.int16)
+    lowbar = np.full(n, np.inf, np.float32)
+    pos = np.empty(n, np.int64)
+    threads = torch.get_num_threads()
+
+    def i8(a: int, b: int) -> int:
+        return int(kernels.i8_scan(store, ld, q16, 1e-4, scale, lowbar, None, pos[a:], a, b))
+
+    f32 = i8s = reads = 0.0
+    for i in range(rounds):
+        start = time.perf_counter()
+        native.update_max_dot(unit, unit[i], maxsim, threads)
+        f32 += time.perf_counter() - start
+        q16[:d] = np.round(unit[i] * 30000)
+        start = time.perf_counter()
+        native.split(0, n, i8, threads)
+        i8s += time.perf_counter() - start
+        start = time.perf_counter()
+        read.sum()
+        reads += time.perf_counter() - start
+    print(
+        f"scan kernels vs a plain read of X, alternated {rounds}x ({threads} threads): "
+        f"float32 step {f32 / reads:.2f}x the read, int8 step {i8s / reads:.2f}x the read "
+        f"(read {reads / rounds * 1e3:.1f} ms)"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--n", type=int, default=1_000_000)
@@ -239,7 +286,9 @@ def main() -> None:
     parser.add_argument("--clusters", type=int, default=300)
     parser.add_argument("--ref-steps", type=int, default=20, help="numpy reference steps to run")
     parser.add_argument("--threads", type=int, default=2, help="when a mode names none")
-    parser.add_argument("--data", default="clustered,noise")
+    parser.add_argument(
+        "--data", default="clustered,noise", help='"" runs only the paired scan measurement'
+    )
     parser.add_argument(
         "--modes",
         default="float32@1,float32@2,bfloat16,float16,int8@1,int8@2",
@@ -251,13 +300,17 @@ def main() -> None:
         help="the same for the noise data (bfloat16/float16 add a minute there)",
     )
     args = parser.parse_args()
-    for name in args.data.split(","):
+    torch.set_num_threads(args.threads)
+    paired_scans(noise(args.n, args.d, seed=2))
+    for name in filter(None, args.data.split(",")):
         if name == "clustered":
             x = clustered(args.n, args.d, args.clusters, seed=0)
             run(name, x, args.modes.split(","), args)
-        else:
+        elif name == "noise":
             x = noise(args.n, args.d, seed=1)
             run(name, x, args.noise_modes.split(","), args)
+        else:
+            parser.error(f"--data: unknown data set {name!r} (clustered, noise)")
         del x
 
 

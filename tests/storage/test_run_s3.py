@@ -132,6 +132,7 @@ def test_run_on_s3_writes_artifacts_matching_the_folder_run(
     # canary: no credential and no signed URL in the logs or in any output object
     for leak in LEAKS:
         assert leak not in logs, leak
+    assert "HTTP Request" not in logs  # httpx's per-request INFO lines are muted
     for key in keys:
         data = body(key)
         for leak in LEAKS:

@@ -119,6 +119,11 @@ def install_redaction() -> None:
         return
     for name in _QUIET_BELOW_WARNING:
         logging.getLogger(name).addFilter(_DropDebug())
+    # httpx logs every request at INFO: one line per object is noise (and CPU) in a run
+    for name in ("httpx", "httpcore"):
+        logger = logging.getLogger(name)
+        if logger.level == logging.NOTSET:
+            logger.setLevel(logging.WARNING)
     for name in _HTTP_LOGGERS:
         logging.getLogger(name).addFilter(RedactingFilter())
     _REDACTION_INSTALLED = True

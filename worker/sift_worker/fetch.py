@@ -206,7 +206,8 @@ class _GuardTransport(httpx.BaseTransport):
         self._inner.close()
 
 
-def _retry_after(value: str | None) -> float | None:
+def retry_after_seconds(value: str | None) -> float | None:
+    """Seconds a ``Retry-After`` header asks for (delta or HTTP date), None if absent/bad."""
     if not value:
         return None
     try:
@@ -407,7 +408,9 @@ class Fetcher:
         if status < 300:
             return
         if status == 429 or status >= 500:
-            raise _RetryableError(f"HTTP {status}", _retry_after(resp.headers.get("retry-after")))
+            raise _RetryableError(
+                f"HTTP {status}", retry_after_seconds(resp.headers.get("retry-after"))
+            )
         if status in (400, 401, 403):
             body = resp.read()[:2048]
             if any(m in body for m in _EXPIRED_MARKERS):

@@ -15,18 +15,16 @@
 
 from __future__ import annotations
 
-import email.utils
 import gzip
 import logging
 import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 import httpx
 
-from sift_worker.fetch import EGRESS_REFUSED, EgressRefusedError
+from sift_worker.fetch import EGRESS_REFUSED, EgressRefusedError, retry_after_seconds
 from sift_worker.logs import redact
 from sift_worker.reporting.schema import RunState
 
@@ -64,22 +62,6 @@ class RetryPolicy:
 
     def backoff(self, attempt: int) -> float:
         return random.uniform(0, min(self.cap, self.base * 2**attempt))
-
-
-def retry_after_seconds(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
 class _RetryError(Exception):

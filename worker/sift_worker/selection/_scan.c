@@ -115,30 +115,48 @@ static inline uint16_t f32_to_bf16(float f) {
  * a per-row bfloat16 scale s >= amax / 127 (the (1 + 2^-7) margin survives rounding
  * to bfloat16), q = round_half_even(u / s) and err = |u - q s|, the bound the scan's
  * filter relies on, measured rather than assumed. */
+/* Columns j0..dim of one row: u = x / norm, column sums, running |u| maximum. */
+static inline float unit_tail(const float *r, float *u, double *colsum, float norm, Py_ssize_t j0,
+                              Py_ssize_t dim, float amax) {
+    for (Py_ssize_t j = j0; j < dim; j++) {
+        u[j] = r[j] / norm;
+        colsum[j] += u[j];
+        float a = fabsf(u[j]);
+        amax = a > amax ? a : amax;
+    }
+    return amax;
+}
+
+/* A row's bfloat16 scale: >= amax / 127 after rounding (1 for a zero row). */
+static inline uint16_t row_scale(float amax) {
+    return amax > 0.0f ? f32_to_bf16(amax / 127.0f * (1.0f + 0x1p-7f)) : 0x3f80u;
+}
+
+/* Columns j0..dim of one row quantised with scale s; returns the added squared error. */
+static inline double quantise_tail(const float *u, int8_t *o, float s, Py_ssize_t j0,
+                                   Py_ssize_t dim) {
+    double e2 = 0.0;
+    for (Py_ssize_t j = j0; j < dim; j++) {
+        float q = nearbyintf(u[j] / s);
+        q = q > 127.0f ? 127.0f : (q < -127.0f ? -127.0f : q);
+        o[j] = (int8_t)q;
+        double d = (double)u[j] - (double)q * (double)s;
+        e2 += d * d;
+    }
+    return e2;
+}
+
 static void unit_rows_c(const float *x, Py_ssize_t rows, Py_ssize_t dim, const float *norms,
                         double *colsum, float *store_f32, int8_t *store_i8, Py_ssize_t ld,
                         uint16_t *scale, float *err, float *tmp) {
     for (Py_ssize_t i = 0; i < rows; i++) {
         const float *r = x + i * dim;
-        float *u = store_f32 ? store_f32 + i * ld : tmp, amax = 0.0f;
-        for (Py_ssize_t j = 0; j < dim; j++) {
-            u[j] = r[j] / norms[i];
-            colsum[j] += u[j];
-            float a = fabsf(u[j]);
-            amax = a > amax ? a : amax;
-        }
+        float *u = store_f32 ? store_f32 + i * ld : tmp;
+        float amax = unit_tail(r, u, colsum, norms[i], 0, dim, 0.0f);
         if (!store_i8) continue;
         int8_t *o = store_i8 + i * ld;
-        uint16_t sb = amax > 0.0f ? f32_to_bf16(amax / 127.0f * (1.0f + 0x1p-7f)) : 0x3f80u;
-        float s = bf16_to_f32(sb);
-        double e2 = 0.0;
-        for (Py_ssize_t j = 0; j < dim; j++) {
-            float q = nearbyintf(u[j] / s);
-            q = q > 127.0f ? 127.0f : (q < -127.0f ? -127.0f : q);
-            o[j] = (int8_t)q;
-            double d = (double)u[j] - (double)q * (double)s;
-            e2 += d * d;
-        }
+        uint16_t sb = row_scale(amax);
+        double e2 = quantise_tail(u, o, bf16_to_f32(sb), 0, dim);
         for (Py_ssize_t j = dim; j < ld; j++) o[j] = 0;
         scale[i] = sb;
         err[i] = (float)sqrt(e2);
@@ -285,15 +303,10 @@ AVX2 static void unit_rows_avx2(const float *x, Py_ssize_t rows, Py_ssize_t dim,
         float m8[8], amax = 0.0f;
         _mm256_storeu_ps(m8, mx);
         for (int k = 0; k < 8; k++) amax = m8[k] > amax ? m8[k] : amax;
-        for (Py_ssize_t j = full; j < dim; j++) {
-            u[j] = r[j] / norms[i];
-            colsum[j] += u[j];
-            float a = fabsf(u[j]);
-            amax = a > amax ? a : amax;
-        }
+        amax = unit_tail(r, u, colsum, norms[i], full, dim, amax);
         if (!store_i8) continue;
         int8_t *o = store_i8 + i * ld;
-        uint16_t sb = amax > 0.0f ? f32_to_bf16(amax / 127.0f * (1.0f + 0x1p-7f)) : 0x3f80u;
+        uint16_t sb = row_scale(amax);
         float s = bf16_to_f32(sb);
         __m256 sv = _mm256_set1_ps(s), e2 = _mm256_setzero_ps();
         for (Py_ssize_t j = 0; j < full; j += 8) {
@@ -311,13 +324,7 @@ AVX2 static void unit_rows_avx2(const float *x, Py_ssize_t rows, Py_ssize_t dim,
         _mm256_storeu_ps(e8, e2);
         double acc = 0.0;
         for (int k = 0; k < 8; k++) acc += e8[k];
-        for (Py_ssize_t j = full; j < dim; j++) {
-            float q = nearbyintf(u[j] / s);
-            q = q > 127.0f ? 127.0f : (q < -127.0f ? -127.0f : q);
-            o[j] = (int8_t)q;
-            double d = (double)u[j] - (double)q * (double)s;
-            acc += d * d;
-        }
+        acc += quantise_tail(u, o, s, full, dim);
         for (Py_ssize_t j = dim; j < ld; j++) o[j] = 0;
         scale[i] = sb;
         err[i] = (float)sqrt(acc);

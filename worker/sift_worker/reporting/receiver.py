@@ -23,10 +23,10 @@ import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from sift_worker.reporting.schema import (
     Chunk,
@@ -40,6 +40,7 @@ from sift_worker.reporting.schema import (
 )
 
 MAX_BODY = 8 * 1024 * 1024  # compressed and decompressed
+_Model = TypeVar("_Model", bound=BaseModel)
 _UID = re.compile(r"^[A-Za-z0-9-]{1,64}$")
 
 
@@ -203,6 +204,16 @@ def make_app(store_dir: Path, token: str, faults: Faults | None = None) -> web.A
         problems = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:10]]
         return _error(400, "invalid_payload", "; ".join(problems))
 
+    async def payload(request: web.Request, model: type[_Model]) -> _Model | web.Response:
+        """The request body validated against ``model``, or the error to answer with."""
+        raw = await body(request)
+        if isinstance(raw, web.Response):
+            return raw
+        try:
+            return model.model_validate_json(raw)
+        except ValidationError as exc:
+            return invalid(exc)
+
     def uid_of(request: web.Request) -> str | web.Response:
         uid = request.match_info["uid"]
         if _UID.fullmatch(uid):
@@ -213,13 +224,9 @@ def make_app(store_dir: Path, token: str, faults: Faults | None = None) -> web.A
         uid = uid_of(request)
         if isinstance(uid, web.Response):
             return uid
-        raw = await body(request)
-        if isinstance(raw, web.Response):
-            return raw
-        try:
-            create = RunCreate.model_validate_json(raw)
-        except ValidationError as exc:
-            return invalid(exc)
+        create = await payload(request, RunCreate)
+        if isinstance(create, web.Response):
+            return create
         existing = store.run(uid)
         if existing is not None:
             if existing != create:
@@ -240,13 +247,9 @@ def make_app(store_dir: Path, token: str, faults: Faults | None = None) -> web.A
         uid = uid_of(request)
         if isinstance(uid, web.Response):
             return uid
-        raw = await body(request)
-        if isinstance(raw, web.Response):
-            return raw
-        try:
-            beat = Heartbeat.model_validate_json(raw)
-        except ValidationError as exc:
-            return invalid(exc)
+        beat = await payload(request, Heartbeat)
+        if isinstance(beat, web.Response):
+            return beat
         store.run_dir(uid).mkdir(parents=True, exist_ok=True)  # may come before create
         with (store.run_dir(uid) / "heartbeats.jsonl").open("a", encoding="utf-8") as fh:
             fh.write(_json(beat) + "\n")
@@ -263,13 +266,9 @@ def make_app(store_dir: Path, token: str, faults: Faults | None = None) -> web.A
         key = request.headers.get("Idempotency-Key", "")
         if not key or len(key) > 200:
             return _error(400, "invalid_payload", "an Idempotency-Key header is required")
-        raw = await body(request)
-        if isinstance(raw, web.Response):
-            return raw
-        try:
-            chunk = Chunk.model_validate_json(raw)
-        except ValidationError as exc:
-            return invalid(exc)
+        chunk = await payload(request, Chunk)
+        if isinstance(chunk, web.Response):
+            return chunk
         run = store.run(uid)
         if run is None:
             return _error(404, "not_found", "no such run")
@@ -298,13 +297,9 @@ def make_app(store_dir: Path, token: str, faults: Faults | None = None) -> web.A
         uid = uid_of(request)
         if isinstance(uid, web.Response):
             return uid
-        raw = await body(request)
-        if isinstance(raw, web.Response):
-            return raw
-        try:
-            done = Complete.model_validate_json(raw)
-        except ValidationError as exc:
-            return invalid(exc)
+        done = await payload(request, Complete)
+        if isinstance(done, web.Response):
+            return done
         run = store.run(uid)
         if run is None:
             return _error(404, "not_found", "no such run")

@@ -34,7 +34,7 @@ AZURITE_KEY = (
 )
 
 # Canary credentials: any of these in a log line, an exception or an output is a leak.
-CANARY_KEY_ID = "AKIACANARYKEYID00001"
+CANARY_KEY_ID = "CANARYKEYIDX00000001"  # a fake access key id (not AWS-shaped on purpose)
 CANARY_SECRET = "canary-secret-Zq8xWv2Lr6Tn4Pm0Ys9Bd3Kf7Hj1"
 
 

@@ -700,42 +700,14 @@ class _Greedy:
         count = self.n_anchors < 64  # early on, many rows move: worth checking for dense
         flagged: list[npt.NDArray[np.int64]] = []
         rows = dense = 0
-        if self.native:
-            self._flag_and_recheck_native(q, centre, aid, runs)
-            return
         for t0, t1 in runs:
             r0, r1 = t0 * _TILE, t1 * _TILE
             for p0 in range(r0, r1, chunk):
                 p1 = min(p0 + chunk, r1)
-                flags = self.flags[p0:p1]
-                torch.ge(self._scan(q, p0, p1), self.lowbar[p0:p1], out=flags)
-                rows += p1 - p0
-                if count and int(torch.count_nonzero(flags)) * _DENSE > p1 - p0:
-                    # most rows move: one exact pass beats gathering them one by one
-                    dense += p1 - p0
-                    flags.zero_()
-                    self._update(self._exact_sims(centre, p0, p1), aid, p0, min(p1, self.n))
-            flagged.append(self._nonzero(self.flags[r0:r1]) + r0)
-        self.dense_next = dense * 2 > rows
-        pos = np.concatenate(flagged) if flagged else np.zeros(0, np.int64)
-        if pos.size:
-            self._recheck(centre, aid, pos)
-
-    def _flag_and_recheck_native(
-        self, q16: torch.Tensor, centre: torch.Tensor, aid: int, runs: list[tuple[int, int]]
-    ) -> None:
-        """``_scan_and_recheck`` with the C kernel: it returns flagged positions directly."""
-        chunk = _CHUNK_TILES * _TILE
-        count = self.n_anchors < 64
-        flagged: list[npt.NDArray[np.int64]] = []
-        rows = dense = 0
-        for t0, t1 in runs:
-            r0, r1 = t0 * _TILE, t1 * _TILE
-            for p0 in range(r0, r1, chunk):
-                p1 = min(p0 + chunk, r1)
-                pos = self._flag_native(q16, p0, p1)
+                pos = self._flagged(q, p0, p1)
                 rows += p1 - p0
                 if count and pos.size * _DENSE > p1 - p0:
+                    # most rows move: one exact pass beats gathering them one by one
                     dense += p1 - p0
                     self._exact_update(centre, aid, p0, p1)
                 else:
@@ -744,6 +716,14 @@ class _Greedy:
         pos = np.concatenate(flagged) if flagged else np.zeros(0, np.int64)
         if pos.size:
             self._recheck(centre, aid, pos)
+
+    def _flagged(self, q: torch.Tensor, p0: int, p1: int) -> npt.NDArray[np.int64]:
+        """Positions in p0..p1 whose reduced similarity reaches ``lowbar``."""
+        if self.native:  # the C kernel writes the positions itself
+            return self._flag_native(q, p0, p1)
+        flags = self.flags[p0:p1]
+        torch.ge(self._scan(q, p0, p1), self.lowbar[p0:p1], out=flags)
+        return self._nonzero(flags) + p0
 
     def _nonzero(self, flags: torch.Tensor) -> npt.NDArray[np.int64]:
         if flags.device.type == "cpu":  # numpy's is ~4x faster on sparse masks

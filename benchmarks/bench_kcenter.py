@@ -4,11 +4,13 @@ For each data set (a clustered Gaussian mixture, where pruning has structure to
 use, and pure noise, where it has none) this prints, per mode:
 - seconds (median of --repeats) and the ratio to the numpy reference (which
   recomputes |u - c| for every row each step) and to the float32 bandwidth bound
-  k * bytes(X) / bandwidth, bandwidth being the fastest full read of X (torch
-  sum/amax with 1 and 2 threads) measured right before and right after that mode
-  ran (the faster of the two; this shared machine's bandwidth drifts by 2x within
-  minutes, so one figure for the whole run would misstate most modes); "/best"
-  divides by the bound at the fastest read seen in the whole run instead;
+  k * (time of one full read of X). The read is timed *during* the mode's own run:
+  every --probe-every steps the run pauses for a plain read of X (torch sum, the
+  mode's thread count and 2 threads, the faster), timed apart from the steps and
+  left out of the mode's seconds; the bound uses the median probe. This shared
+  machine's bandwidth drifts by 2x within minutes, so a read measured before or
+  after a mode misstates it; "/best" divides by the bound at the fastest read seen
+  in the whole run instead (the optimistic figure);
 - the covering radius (max over rows of the distance to the nearest pick,
   recomputed here) and its ratio to float32's;
 - whether the picks equal the reference's (the reference runs --ref-steps steps,
@@ -30,6 +32,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as sift-worker does, befo
 import argparse
 import contextlib
 import ctypes
+import math
 import statistics
 import threading
 import time
@@ -38,6 +41,7 @@ from typing import cast
 
 import numpy as np
 import torch
+from sift_worker.selection import kcenter
 from sift_worker.selection.kcenter import KCenterResult, Precision, k_center_greedy
 
 
@@ -124,6 +128,53 @@ def bandwidth(x: np.ndarray, repeats: int = 7) -> tuple[float, str]:
     return best, how
 
 
+class InRunReads:
+    """Plain reads of X between k-center steps, timed apart from the steps.
+
+    Patches the greedy state's per-step method for the duration of one call: every
+    ``every`` steps it reads X once with torch ``sum`` (the run's thread count and 2
+    threads, the faster), so the bound is measured under the same load as the steps
+    around it. The time spent probing is recorded so the caller can leave it out.
+    """
+
+    def __init__(self, x: np.ndarray, every: int) -> None:
+        self.t = torch.from_numpy(x)
+        self.every = every
+        self.reads: list[float] = []
+        self.paused = 0.0
+        self.steps = 0
+
+    def __enter__(self) -> InRunReads:
+        greedy = kcenter._Greedy
+        self.original = greedy._add_centre
+        probe = self
+
+        def add_centre(state: kcenter._Greedy, pos: int) -> None:
+            probe.original(state, pos)
+            probe.steps += 1
+            if probe.steps % probe.every == 0:
+                probe.read()
+
+        greedy._add_centre = add_centre  # type: ignore[method-assign,assignment]
+        return self
+
+    def read(self) -> None:
+        begin = time.perf_counter()
+        old = torch.get_num_threads()
+        best = math.inf
+        for threads in sorted({old, 2}):
+            torch.set_num_threads(threads)
+            start = time.perf_counter()
+            self.t.sum()
+            best = min(best, time.perf_counter() - start)
+        torch.set_num_threads(old)
+        self.reads.append(best)
+        self.paused += time.perf_counter() - begin
+
+    def __exit__(self, *exc: object) -> None:
+        kcenter._Greedy._add_centre = self.original  # type: ignore[method-assign]
+
+
 def reference(x: np.ndarray, k: int, steps: int) -> tuple[np.ndarray, float]:
     """Plain numpy k-center: picks for min(k, steps) steps and extrapolated seconds for k."""
     start = time.perf_counter()
@@ -185,17 +236,20 @@ def run(name: str, x: np.ndarray, modes: list[str], args: argparse.Namespace) ->
         for spec in modes:
             mode, _, th = spec.partition("@")
             threads = int(th) if th else args.threads
-            with PeakRss() as mem:
+            with PeakRss() as mem, InRunReads(x, args.probe_every) as probe:
                 start = time.perf_counter()
                 results[spec] = k_center_greedy(
                     x, args.k, precision=cast(Precision, mode), threads=threads
                 )
-                times[spec].append(time.perf_counter() - start)
+                times[spec].append(time.perf_counter() - start - probe.paused)
             peaks[spec] = max(peaks[spec], mem.growth)
-            after, how_after = bandwidth(x)
-            seen.append(after)
-            bounds[spec].append(args.k * x.nbytes / max(bw, after))
-            bw, how = after, how_after
+            if probe.reads:
+                seen.extend(x.nbytes / r for r in probe.reads)
+                bounds[spec].append(args.k * statistics.median(probe.reads))
+            else:  # stopped before the first probe: the read after the run
+                after, how = bandwidth(x)
+                seen.append(after)
+                bounds[spec].append(args.k * x.nbytes / after)
     lo, hi = min(seen), max(seen)
     print(f"read bandwidth {lo / 1e9:.1f}-{hi / 1e9:.1f} GB/s over the run (e.g. {how})")
     print(f"float32 bound = k x bytes(X) / bandwidth: {args.k * x.nbytes / hi:.2f} s at the best")
@@ -207,7 +261,8 @@ def run(name: str, x: np.ndarray, modes: list[str], args: argparse.Namespace) ->
         res = results[spec]
         label = f"{mode} t={th or args.threads}"
         secs = statistics.median(times[spec])
-        rows.append(Row(label, secs, res.indices, peaks[spec], res.stop_reason, min(bounds[spec])))
+        bound_s = statistics.median(bounds[spec])
+        rows.append(Row(label, secs, res.indices, peaks[spec], res.stop_reason, bound_s))
     radii = {r.indices.tobytes(): covering_radius(x, r.indices) for r in rows[1:]}
     f32 = next((r for r in rows if r.name.startswith("float32")), rows[1])
     f32_radius = radii[f32.indices.tobytes()]
@@ -223,10 +278,11 @@ def run(name: str, x: np.ndarray, modes: list[str], args: argparse.Namespace) ->
             f"{r.seconds / (r.bound or bound):>8.2f}{r.seconds / bound:>8.2f}"
             f"{radius:>9.4f}{radius / f32_radius:>8.3f}{same!s:>12}{peak:>10}  {r.stop}"
         )
-    f32_rows = [r for r in rows if r.name.startswith("float32")]
-    if len(f32_rows) == 2:
-        one, two = f32_rows
-        print(f"float32 two threads / one thread: {two.seconds / one.seconds:.2f}")
+    by_name = {r.name: r for r in rows}
+    for mode in ("float32", "int8"):
+        one, two = by_name.get(f"{mode} t=1"), by_name.get(f"{mode} t=2")
+        if one and two:
+            print(f"{mode} two threads / one thread: {two.seconds / one.seconds:.2f}")
     print(f"picks compared with the reference on its first {prefix} steps")
 
 
@@ -286,6 +342,9 @@ def main() -> None:
     parser.add_argument("--clusters", type=int, default=300)
     parser.add_argument("--ref-steps", type=int, default=20, help="numpy reference steps to run")
     parser.add_argument("--threads", type=int, default=2, help="when a mode names none")
+    parser.add_argument(
+        "--probe-every", type=int, default=50, help="steps between in-run reads of X (the bound)"
+    )
     parser.add_argument(
         "--data", default="clustered,noise", help='"" runs only the paired scan measurement'
     )

@@ -68,9 +68,37 @@ class OperatorSettings(BaseModel):
     )
     termination_grace_period_seconds: int = Field(60, ge=0, le=3600)
     run_as_user: int = Field(65532, ge=1)
+    # --- the broker (docs/broker.md) ---
+    broker_enabled: bool = Field(True, description="Serve the broker in the operator process.")
+    broker_listen_address: str = Field("0.0.0.0", min_length=1)
+    broker_public_url: str | None = Field(
+        None, description="The broker URL workers use; default https://<service>.<ns>.svc:<port>."
+    )
+    broker_url_lifetime_seconds: int = Field(
+        600, ge=60, le=86400, description="Lifetime of signed URLs (capped by the backend)."
+    )
+    broker_body_limit_bytes: int = Field(65536, ge=1024, le=16 * 1024 * 1024)
+    broker_request_timeout_seconds: float = Field(30.0, gt=0, le=600)
+    broker_progress_interval_seconds: float = Field(
+        5.0, ge=0, le=3600, description="At most one status.progress write per run this often."
+    )
+    broker_tls_secret: str | None = Field(
+        None, description="Secret (operator namespace) with tls.crt/tls.key/ca.crt."
+    )
+    broker_tls_cert_file: str | None = None
+    broker_tls_key_file: str | None = None
+    broker_tls_ca_file: str | None = None
+    broker_tls_extra_names: tuple[str, ...] = Field(
+        (), description="Extra DNS names / IPs of the self-made serving certificate."
+    )
+    broker_ca_pem: str | None = Field(
+        None, description="The CA workers trust (set by the operator from its TLS at startup)."
+    )
 
     @property
     def broker_url(self) -> str:
+        if self.broker_public_url:
+            return self.broker_public_url
         return f"https://{self.service_name}.{self.namespace}.svc:{self.broker_port}"
 
     @classmethod

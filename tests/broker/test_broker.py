@@ -1,0 +1,293 @@
+"""The broker against moto S3 and the KMock emulator (with TokenReview), over real TLS.
+
+A run's token gets signed URLs for that run's input and output prefix only; another
+run's token, another audience, an unknown token, a finished run and oversized bodies
+are refused; the CA handed to the worker verifies the broker and another CA does not;
+progress reports land in the run's status, rate-limited; no credential, token or
+signed URL reaches a log, the status, an Event or a ConfigMap.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import ssl
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import boto3
+import httpx
+import pytest
+from conftest import AUDIENCE, BrokerThread, ReviewingServer, s3_run, s3_secret
+from harness.server import Kube
+from sift_operator.broker.tls import BrokerTLS, make_self_signed
+from sift_worker.broker_client import BrokerClient, BrokerError, BrokerSigner
+from sift_worker.fetch import Fetcher, ObjectGoneError
+from sift_worker.storage import OutsidePrefixError
+from storage_servers import CANARY_KEY_ID, CANARY_SECRET, Server
+
+LEAKS = (CANARY_SECRET, CANARY_KEY_ID, "X-Amz-Signature", "X-Amz-Credential", "tok-")
+KEYS = ["a.jpg", "b.jpg", "c/d.jpg", "c/e.png", "f.jpg"]
+
+
+def _s3(moto: Server) -> Any:
+    return boto3.client(
+        "s3",
+        endpoint_url=moto.endpoint,
+        region_name="us-east-1",
+        aws_access_key_id=CANARY_KEY_ID,
+        aws_secret_access_key=CANARY_SECRET,
+    )
+
+
+class World:
+    """One namespace with two runs (alpha, beta) on one bucket, and a token for each."""
+
+    def __init__(self, api: ReviewingServer, kube: Kube, moto: Server, ns: str) -> None:
+        self.api, self.kube, self.ns = api, kube, ns
+        self.bucket = f"b-{uuid.uuid4().hex[:10]}"
+        s3 = _s3(moto)
+        s3.create_bucket(Bucket=self.bucket)
+        for run in ("alpha", "beta"):
+            for key in KEYS:
+                s3.put_object(Bucket=self.bucket, Key=f"{run}/in/{key}", Body=f"{run}:{key}")
+            s3.put_object(Bucket=self.bucket, Key=f"{run}/in/.sift/hidden", Body=b"h")
+        self.s3 = s3
+        kube.create(s3_secret(ns))
+        self.uids = {}
+        for run in ("alpha", "beta"):
+            made = kube.create(s3_run(ns, run, moto.endpoint, self.bucket))
+            self.uids[run] = made["metadata"]["uid"]
+        self.tokens = {run: self.token(f"sift-{run}") for run in ("alpha", "beta")}
+
+    def token(self, sa: str, ns: str | None = None, audience: str = AUDIENCE) -> str:
+        token = f"tok-{uuid.uuid4().hex}"
+        self.api.emulator.tokens[token] = (
+            f"system:serviceaccount:{ns or self.ns}:{sa}",
+            (audience,),
+        )
+        return token
+
+
+@pytest.fixture
+def world(api: ReviewingServer, kube: Kube, moto: Server, request: pytest.FixtureRequest) -> World:
+    ns = request.node.name.lower().replace("_", "-")[:40]
+    return World(api, kube, moto, ns)
+
+
+def client(
+    broker: BrokerThread, tls: BrokerTLS, tmp: Path, token: str, ns: str, run: str
+) -> BrokerClient:
+    path = tmp / f"token-{uuid.uuid4().hex[:6]}"
+    path.write_text(token + "\n")
+    ctx = ssl.create_default_context(cadata=tls.ca_pem.decode())
+    return BrokerClient(broker.url, path, namespace=ns, name=run, verify=ctx)
+
+
+def test_run_token_lists_signs_and_uploads_inside_its_prefixes(
+    broker: BrokerThread, tls: BrokerTLS, world: World, tmp_path: Path
+) -> None:
+    c = client(broker, tls, tmp_path, world.tokens["alpha"], world.ns, "alpha")
+    signer = BrokerSigner(c, output=True)
+    keys, token, pages = [], None, 0
+    while True:
+        objs, token = c.input_page(token, 2)
+        pages += 1
+        keys += [info.key for info, _ in objs]
+        for info, url in objs:
+            assert url.method == "GET"
+            assert f"/{world.bucket}/alpha/in/{info.key}" in url.url
+        if token is None:
+            break
+    assert sorted(keys) == sorted(KEYS)
+    assert pages >= 3
+    assert signer.input.uri().endswith("alpha/in/")
+    with Fetcher(signer.allowed_hosts()) as fetcher:
+        for key in KEYS:
+            [url] = signer.sign_inputs([key])
+            assert fetcher.get_bytes(url) == f"alpha:{key}".encode()
+        [put] = signer.sign_uploads(["report/run.json"], ["application/json"])
+        fetcher.put_bytes(put, b'{"ok": true}')
+    written = f"out/{world.ns}/alpha/{world.uids['alpha']}/report/run.json"
+    assert world.s3.get_object(Bucket=world.bucket, Key=written)["Body"].read() == b'{"ok": true}'
+    post = signer.sign_upload_post("frames/")
+    assert post.key_prefix == f"out/{world.ns}/alpha/{world.uids['alpha']}/frames/"
+    c.close()
+
+
+def test_a_token_for_run_a_never_gets_a_url_for_run_b_or_outside_the_prefix(
+    broker: BrokerThread, tls: BrokerTLS, world: World, tmp_path: Path
+) -> None:
+    c = client(broker, tls, tmp_path, world.tokens["alpha"], world.ns, "beta")
+    calls = [
+        lambda: c.input_page(None, 10),
+        lambda: c.sign_inputs(["a.jpg"]),
+        lambda: c.sign_uploads(["x.json"]),
+        lambda: c.sign_upload_post(""),
+        lambda: c.locations(),
+        lambda: c.report_progress("embedding", 1, 2),
+    ]
+    for call in calls:
+        with pytest.raises(BrokerError) as err:
+            call()
+        assert err.value.status == 403
+        assert "sift-alpha" in str(err.value)
+    c.close()
+    own = client(broker, tls, tmp_path, world.tokens["alpha"], world.ns, "alpha")
+    for bad in ("../../beta/in/a.jpg", "/beta/in/a.jpg", "c/../../../beta/in/a.jpg", "a\\b", ""):
+        with pytest.raises(OutsidePrefixError) as refused:
+            own.sign_inputs([bad])
+        assert "X-Amz" not in str(refused.value)
+        with pytest.raises(OutsidePrefixError):
+            own.sign_uploads([bad])
+    with pytest.raises(OutsidePrefixError):
+        own.sign_upload_post("../")
+    # a key that merely names another run's folder stays under alpha's own prefix
+    [url] = own.sign_inputs(["beta/in/a.jpg"])
+    assert f"/{world.bucket}/alpha/in/beta/in/a.jpg?" in url.url
+    # another namespace's ServiceAccount of the same name is another identity
+    other = client(
+        broker, tls, tmp_path, world.token("sift-alpha", ns="elsewhere"), world.ns, "alpha"
+    )
+    with pytest.raises(BrokerError) as err:
+        other.sign_inputs(["a.jpg"])
+    assert err.value.status == 403
+    own.close()
+    other.close()
+
+
+def test_wrong_audience_unknown_token_no_token_and_finished_runs_are_refused(
+    broker: BrokerThread, tls: BrokerTLS, world: World, tmp_path: Path, kube: Kube
+) -> None:
+    api_audience = world.token("sift-alpha", audience="https://kubernetes.default.svc")
+    for token in (api_audience, "tok-unknown"):
+        c = client(broker, tls, tmp_path, token, world.ns, "alpha")
+        with pytest.raises(BrokerError) as err:
+            c.sign_inputs(["a.jpg"])
+        assert err.value.status == 401
+        assert err.value.kind == "Unauthenticated"
+        c.close()
+    with httpx.Client(verify=ssl.create_default_context(cadata=tls.ca_pem.decode())) as raw:
+        url = f"{broker.url}/v1/runs/{world.ns}/alpha/hosts"
+        assert raw.get(url).status_code == 401
+        assert raw.get(url, headers={"Authorization": "Basic abc"}).status_code == 401
+    # a finished run: nothing more is signed, even for its own token
+    kube.patch(
+        "selectionruns",
+        world.ns,
+        "beta",
+        {"status": {"conditions": [{"type": "Succeeded", "status": "True", "reason": "Done"}]}},
+        status=True,
+    )
+    c = client(broker, tls, tmp_path, world.tokens["beta"], world.ns, "beta")
+    with pytest.raises(BrokerError) as err:
+        c.sign_inputs(["a.jpg"])
+    assert (err.value.status, err.value.kind) == (403, "RunInactive")
+    kube.delete("selectionruns", world.ns, "beta")
+    time.sleep(2.1)  # the broker's run-state cache
+    with pytest.raises(BrokerError) as err:
+        c.sign_inputs(["a.jpg"])
+    assert err.value.status == 404
+    c.close()
+
+
+def test_body_limits_and_bad_requests(
+    broker: BrokerThread, tls: BrokerTLS, world: World, tmp_path: Path
+) -> None:
+    headers = {"Authorization": f"Bearer {world.tokens['alpha']}"}
+    base = f"{broker.url}/v1/runs/{world.ns}/alpha"
+    with httpx.Client(verify=ssl.create_default_context(cadata=tls.ca_pem.decode())) as raw:
+        big = json.dumps({"keys": ["k" * 100] * 1000})  # ~100 KB > 64 KiB
+        resp = raw.post(f"{base}/inputs/sign", content=big, headers=headers)
+        assert resp.status_code == 413
+        assert resp.json()["error"]["kind"] == "BodyTooLarge"
+        too_many = {"keys": [f"k{i}" for i in range(1001)]}
+        assert raw.post(f"{base}/inputs/sign", json=too_many, headers=headers).status_code == 400
+        assert raw.post(f"{base}/inputs/sign", content=b"{", headers=headers).status_code == 400
+        bad_progress = {"stage": "x", "done": -1}
+        assert raw.post(f"{base}/progress", json=bad_progress, headers=headers).status_code == 400
+        assert raw.get(f"{base}/inputs?pageSize=5000", headers=headers).status_code == 400
+
+
+def test_the_handed_ca_verifies_the_broker_and_another_ca_does_not(
+    broker: BrokerThread, tls: BrokerTLS, world: World, tmp_path: Path
+) -> None:
+    good = client(broker, tls, tmp_path, world.tokens["alpha"], world.ns, "alpha")
+    assert good.locations()["hosts"]
+    good.close()
+    other = make_self_signed(["127.0.0.1"])
+    bad = client(broker, other, tmp_path, world.tokens["alpha"], world.ns, "alpha")
+    with pytest.raises(BrokerError) as err:
+        bad.locations()
+    assert err.value.kind == "Unreachable"
+    bad.close()
+    path = tmp_path / "t"
+    path.write_text(world.tokens["alpha"])
+    system = BrokerClient(broker.url, path, namespace=world.ns, name="alpha")  # system CAs
+    with pytest.raises(BrokerError):
+        system.locations()
+    system.close()
+
+
+def test_progress_lands_in_status_rate_limited_and_reviews_are_cached(
+    broker: BrokerThread, tls: BrokerTLS, world: World, tmp_path: Path, kube: Kube
+) -> None:
+    c = client(broker, tls, tmp_path, world.tokens["alpha"], world.ns, "alpha")
+    reviews = broker.server.broker.reviewer.reviews if broker.server else 0
+    patches_before = world.api.emulator.counts[("PATCH", "selectionruns")]
+    for done in range(0, 41):
+        c.report_progress("embedding", done, 40)
+    assert broker.server is not None
+    assert broker.server.broker.reviewer.reviews == reviews + 1  # one review for 41 requests
+
+    def final() -> dict[str, Any] | None:
+        run = kube.get("selectionruns", world.ns, "alpha") or {}
+        progress = (run.get("status") or {}).get("progress")
+        return progress if progress and progress.get("done") == 40 else None
+
+    progress = kube.wait_for(final, "status.progress done=40", timeout=10)
+    assert progress == {"stage": "embedding", "done": 40, "total": 40, "percent": 100}
+    patches = world.api.emulator.counts[("PATCH", "selectionruns")] - patches_before
+    assert 1 <= patches <= 4, patches  # 41 reports in well under 2 s, one write per 0.5 s
+    c.close()
+
+
+def test_no_secret_token_or_signed_url_in_logs_status_events_or_configmaps(
+    broker: BrokerThread,
+    tls: BrokerTLS,
+    world: World,
+    tmp_path: Path,
+    kube: Kube,
+    caplog: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    c = client(broker, tls, tmp_path, world.tokens["alpha"], world.ns, "alpha")
+    signer = BrokerSigner(c, output=True)
+    urls = [u for _, u in c.input_page(None, 10)[0]]
+    urls += signer.sign_uploads(["x.json"])
+    with Fetcher(signer.allowed_hosts()) as fetcher:
+        fetcher.get_bytes(urls[0])
+        with pytest.raises(ObjectGoneError) as gone:
+            fetcher.get_bytes(signer.sign_inputs(["missing.jpg"])[0])
+    for refused in (
+        lambda: c.sign_inputs(["../x"]),
+        lambda: client(broker, tls, tmp_path, "tok-bad", world.ns, "alpha").sign_inputs(["a"]),
+    ):
+        with pytest.raises((OutsidePrefixError, BrokerError)) as err:
+            refused()
+        assert not any(leak in str(err.value) for leak in LEAKS)
+    c.report_progress("selecting", 1, 1)
+    time.sleep(0.7)
+    out, errs = capfd.readouterr()
+    texts = [caplog.text, out, errs, str(gone.value)]
+    for plural in ("selectionruns", "events", "configmaps"):
+        texts.append(json.dumps(kube.list(plural, world.ns)))
+    tokens = list(world.tokens.values())
+    for text in texts:
+        for leak in (*LEAKS[:4], *tokens, *(u.url.split("?")[1] for u in urls)):
+            assert leak not in text
+    assert caplog.records  # the broker and fetcher did log (refusals, retries)
+    c.close()

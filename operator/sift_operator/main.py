@@ -41,6 +41,7 @@ class Config:
 
 CONFIG = Config()
 _state: dict[str, Runtime] = {}
+_broker: dict[str, Any] = {}  # "server": the BrokerServer
 
 
 class EventHandlersDiffBase(kopf.AnnotationsDiffBaseStorage):
@@ -98,8 +99,9 @@ def _snapshot(body: Any) -> dict[str, Any]:
 async def startup(settings: kopf.OperatorSettings, **kwargs: Any) -> None:
     configure_kopf(settings, fast=CONFIG.fast, peering_mandatory=CONFIG.peering_mandatory)
     kube = Kube(connection_from_environment())
+    sift_settings = await _start_broker(CONFIG.settings, kube)
     rt = Runtime(
-        CONFIG.settings,
+        sift_settings,
         kube,
         kwargs["sift_runs"],
         kwargs["sift_jobs"],
@@ -114,11 +116,29 @@ async def startup(settings: kopf.OperatorSettings, **kwargs: Any) -> None:
     )
 
 
+async def _start_broker(settings: OperatorSettings, kube: Kube) -> OperatorSettings:
+    """Serve the broker (docs/broker.md); the settings gain its CA for the workers."""
+    if not settings.broker_enabled:
+        return settings
+    from sift_operator.broker import start_broker
+
+    try:
+        server = await start_broker(settings, kube)
+    except OSError as exc:  # e.g. the port is taken: runs on object storage will fail
+        log.error("the broker could not listen on port %d: %s", settings.broker_port, exc)
+        return settings
+    _broker["server"] = server
+    return settings.model_copy(update={"broker_ca_pem": server.tls.ca_pem.decode()})
+
+
 @kopf.on.cleanup()
 async def cleanup(**_: Any) -> None:
     rt = _state.pop("runtime", None)
     if rt is not None:
         await rt.stop()
+    server = _broker.pop("server", None)
+    if server is not None:
+        await server.stop()
 
 
 @kopf.index(GROUP, VERSION, PLURAL)

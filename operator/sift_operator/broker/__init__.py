@@ -58,8 +58,64 @@ async def broker_tls(settings: OperatorSettings, kube: Any) -> BrokerTLS:
             settings.broker_tls_key_file,
             settings.broker_tls_ca_file,
         )
-    names = service_dns_names(settings.service_name, settings.namespace)
-    return make_self_signed([*names, *settings.broker_tls_extra_names])
+    return await _managed_tls(settings, kube)
+
+
+def managed_secret_name(settings: OperatorSettings) -> str:
+    return f"{settings.service_name}-broker-tls"
+
+
+async def _managed_tls(settings: OperatorSettings, kube: Any) -> BrokerTLS:
+    """A private CA kept in a Secret of the operator's namespace: every replica and every
+    restart serves the same chain, so the CA in running workers' ConfigMaps stays valid."""
+    from sift_operator.kube import ApiError
+
+    name = managed_secret_name(settings)
+    names = [*service_dns_names(settings.service_name, settings.namespace)]
+    names += settings.broker_tls_extra_names
+    for _ in range(3):
+        secret = await kube.get("v1", "Secret", settings.namespace, name)
+        if secret is not None:
+            data = secret.get("data") or {}
+            if all(k in data for k in ("tls.crt", "tls.key", "ca.crt")):
+                return BrokerTLS(
+                    *(base64.b64decode(data[k]) for k in ("tls.crt", "tls.key", "ca.crt"))
+                )
+            raise RuntimeError(f"broker TLS Secret {settings.namespace}/{name} is incomplete")
+        made = make_self_signed(names)
+
+        def b64(raw: bytes) -> str:
+            return base64.b64encode(raw).decode()
+
+        try:
+            await kube.create(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Secret",
+                    "type": "kubernetes.io/tls",
+                    "metadata": {
+                        "name": name,
+                        "namespace": settings.namespace,
+                        "labels": {
+                            "app.kubernetes.io/name": "sift",
+                            "app.kubernetes.io/component": "broker",
+                        },
+                    },
+                    "data": {
+                        "tls.crt": b64(made.cert_pem),
+                        "tls.key": b64(made.key_pem),
+                        "ca.crt": b64(made.ca_pem),
+                    },
+                }
+            )
+            log.info(
+                "made the broker's CA and certificate (Secret %s/%s)", settings.namespace, name
+            )
+            return made
+        except ApiError as exc:
+            if not exc.already_exists:  # another replica won the race: read its chain
+                raise
+    raise RuntimeError(f"broker TLS Secret {settings.namespace}/{name}: could not create or read")
 
 
 @dataclass

@@ -82,7 +82,7 @@ def desired_children(
     parse_spec(run)  # one clear error before any builder runs
     return Children(
         service_account=build_service_account(run),
-        config_map=build_config_map(run),
+        config_map=build_config_map(run, settings.broker_ca_pem),
         network_policy=build_network_policy(
             run, settings, api_cidrs=api_cidrs, storage_cidrs=storage_cidrs
         ),

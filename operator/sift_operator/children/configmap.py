@@ -29,6 +29,8 @@ from sift_operator.children.common import (
 CONFIG_KEY = "run.yaml"
 CONFIG_DIR = "/etc/sift"
 CONFIG_PATH = f"{CONFIG_DIR}/{CONFIG_KEY}"
+BROKER_CA_KEY = "broker-ca.crt"  # the broker's CA (public), when the operator serves one
+BROKER_CA_PATH = f"{CONFIG_DIR}/{BROKER_CA_KEY}"
 MOUNT_ROOT = "/mnt/sift"
 
 
@@ -74,7 +76,7 @@ def worker_manifest(run: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def build_config_map(run: Mapping[str, Any]) -> Obj:
+def build_config_map(run: Mapping[str, Any], broker_ca_pem: str | None = None) -> Obj:
     # libyaml's emitter when present: the pure-Python one was the largest CPU cost per run
     dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
     text = yaml.dump(worker_manifest(run), Dumper=dumper, sort_keys=False, width=100)
@@ -82,5 +84,5 @@ def build_config_map(run: Mapping[str, Any]) -> Obj:
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": child_metadata(run, annotations={GENERATION_ANNOTATION: str(generation(run))}),
-        "data": {CONFIG_KEY: text},
+        "data": {CONFIG_KEY: text, **({BROKER_CA_KEY: broker_ca_pem} if broker_ca_pem else {})},
     }

@@ -20,6 +20,8 @@ from sift_operator.children.common import (
     run_labels,
 )
 from sift_operator.children.configmap import (
+    BROKER_CA_KEY,
+    BROKER_CA_PATH,
     CONFIG_DIR,
     CONFIG_KEY,
     CONFIG_PATH,
@@ -79,7 +81,10 @@ def _volumes(
             "name": "config",
             "configMap": {
                 "name": child_name(run_name),
-                "items": [{"key": CONFIG_KEY, "path": CONFIG_KEY}],
+                "items": [
+                    {"key": k, "path": k}
+                    for k in (CONFIG_KEY, *([BROKER_CA_KEY] if settings.broker_ca_pem else []))
+                ],
                 "defaultMode": 0o444,
             },
         },
@@ -148,6 +153,8 @@ def _env(run: Mapping[str, Any], spec: SelectionRunSpec, settings: OperatorSetti
         "XDG_CACHE_HOME": f"{SCRATCH}/.cache",
         "PYTHONDONTWRITEBYTECODE": "1",
     }
+    if settings.broker_ca_pem:
+        env["SIFT_BROKER_CA_FILE"] = BROKER_CA_PATH
     res = spec.worker.resources
     if res.gpu == 0 and res.gpu_resource_name == "nvidia.com/gpu":
         # an image with NVIDIA_VISIBLE_DEVICES=all would otherwise see every GPU of the node

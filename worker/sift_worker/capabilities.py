@@ -1,22 +1,25 @@
 """What this worker release can run, so nothing in a valid spec is silently ignored.
 
 Every block of the SelectionRun model exists from the start; blocks whose
-behaviour arrives in a later release (the in-cluster broker, side files and datapools
+behaviour arrives in a later release (side files and datapools
 in object storage, embedding training, reporting from object storage) are refused
 here with the field path.
 """
 
 from __future__ import annotations
 
+import os
+
 from sift_worker.api.v1alpha1 import SelectionRun, StorageLocation
 
 
-def _storage(path: str, loc: StorageLocation) -> list[str]:
+def _storage(path: str, loc: StorageLocation, broker: bool) -> list[str]:
     problems = []
-    if loc.credentials_secret is not None:
+    if loc.credentials_secret is not None and not broker:
         problems.append(
-            f"{path}.credentialsSecret: a Secret is read by the operator's broker in a cluster, "
-            "which is not supported yet; locally omit it and give your own credentials in the "
+            f"{path}.credentialsSecret: a Secret is read by the operator's broker in a cluster "
+            "(SIFT_BROKER_URL), never by the worker; locally omit it and give your own "
+            "credentials in the "
             "environment (AWS_* or ~/.aws, GOOGLE_APPLICATION_CREDENTIALS, "
             "AZURE_STORAGE_CONNECTION_STRING or AZURE_STORAGE_KEY)"
         )
@@ -92,11 +95,17 @@ def _report(run: SelectionRun) -> list[str]:
     return problems
 
 
-def unsupported_features(run: SelectionRun) -> list[str]:
-    """Field paths (with a reason) that this release cannot honour yet."""
+def unsupported_features(run: SelectionRun, *, broker: bool | None = None) -> list[str]:
+    """Field paths (with a reason) that this release cannot honour yet.
+
+    ``broker``: the worker signs through the operator's broker (default: whether
+    ``SIFT_BROKER_URL`` is set), which reads ``credentialsSecret`` for it.
+    """
     spec = run.spec
-    problems = _storage("spec.datasource.input", spec.datasource.input)
-    problems += _storage("spec.datasource.output", spec.datasource.output)
+    if broker is None:
+        broker = bool(os.environ.get("SIFT_BROKER_URL"))
+    problems = _storage("spec.datasource.input", spec.datasource.input, broker)
+    problems += _storage("spec.datasource.output", spec.datasource.output, broker)
     problems += _remote(run)
     emb = spec.input.embeddings
     if emb.train is not None:

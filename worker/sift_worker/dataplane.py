@@ -27,6 +27,7 @@ from functools import partial
 from pathlib import Path
 
 from sift_worker.api.v1alpha1 import SelectionRun, StorageLocation
+from sift_worker.broker_client import broker_signer_from_env
 from sift_worker.fetch import Fetcher, ObjectGoneError
 from sift_worker.imaging import CorruptImage
 from sift_worker.storage import ListFilter, RunSigner, SignedURL, Storage, open_storage
@@ -138,11 +139,18 @@ def open_data_plane(
         yield DataPlane(input_dir, output_dir)
         return
     env_map = dict(os.environ) if env is None else env
-    in_store = open_storage(ds.input, writable=False, env=env_map)
-    out_store = (
-        None if _is_volume(ds.output) else open_storage(ds.output, writable=True, env=env_map)
-    )
-    signer = RunSigner(in_store, out_store)
+    signer: RunSigner
+    brokered = broker_signer_from_env(env_map, output=not _is_volume(ds.output))
+    if brokered is not None:  # a cluster run: the operator's broker signs, no credential here
+        signer = brokered[0]
+        extra_hosts = (*extra_hosts, brokered[1].host_port)
+    else:
+        in_store = open_storage(ds.input, writable=False, env=env_map)
+        out_store = (
+            None if _is_volume(ds.output) else open_storage(ds.output, writable=True, env=env_map)
+        )
+        signer = RunSigner(in_store, out_store)
+    out_store = signer.output
     hosts = set(signer.allowed_hosts()) | set(extra_hosts)
     fetcher = Fetcher(
         hosts,
@@ -170,3 +178,5 @@ def open_data_plane(
             )
     finally:
         fetcher.close()
+        if brokered is not None:
+            brokered[1].close()

@@ -200,7 +200,7 @@ class Broker:
         except RunGoneError as exc:
             raise _RefusedError(404, str(exc), "RunNotFound") from None
         except RunInactiveError as exc:
-            raise _RefusedError(403, str(exc), "RunInactiveError") from None
+            raise _RefusedError(403, str(exc), "RunInactive") from None
 
     @staticmethod
     def _check_identity(ident: Identity, namespace: str, name: str, request: web.Request) -> None:

@@ -1,0 +1,120 @@
+"""`sift-worker run` in cluster mode: every URL comes from the broker, the worker holds
+no storage credential, and the artifacts land under <prefix><ns>/<name>/<uid>/."""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+import yaml
+from conftest import AUDIENCE, BrokerThread, ReviewingServer, s3_secret
+from harness.server import Kube
+from sift_operator.broker.tls import BrokerTLS
+from sift_worker.api.v1alpha1 import SelectionRun
+from sift_worker.capabilities import unsupported_features
+from sift_worker.cli import EXIT_OK, main
+from sift_worker.demo_data import generate_demo_dataset
+from storage_servers import CANARY_KEY_ID, CANARY_SECRET, Server
+
+ROOT = Path(__file__).resolve().parents[2]
+LEAKS = (CANARY_SECRET, CANARY_KEY_ID, "X-Amz-Signature", "X-Amz-Credential")
+
+
+def test_credentials_secret_is_accepted_only_with_a_broker() -> None:
+    doc: dict[str, Any] = yaml.safe_load((ROOT / "examples" / "demo.yaml").read_text())
+    doc["spec"]["datasource"]["input"] = {"s3": {"bucket": "raw"}, "credentialsSecret": "creds"}
+    run = SelectionRun.model_validate(doc)
+    assert any("credentialsSecret" in p for p in unsupported_features(run, broker=False))
+    assert not any("credentialsSecret" in p for p in unsupported_features(run, broker=True))
+
+
+def test_worker_runs_through_the_broker_with_no_credential(
+    broker: BrokerThread,
+    tls: BrokerTLS,
+    api: ReviewingServer,
+    kube: Kube,
+    moto: Server,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    ns, name = "worker-ns", "demo"
+    demo = generate_demo_dataset(
+        tmp_path / "demo", clusters=3, per_cluster=4, duplicates=1, corrupt=1, size=(64, 48)
+    )
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=moto.endpoint,
+        region_name="us-east-1",
+        aws_access_key_id=CANARY_KEY_ID,
+        aws_secret_access_key=CANARY_SECRET,
+    )
+    bucket = f"w-{uuid.uuid4().hex[:10]}"
+    s3.create_bucket(Bucket=bucket)
+    for path in sorted(p for p in demo.root.rglob("*") if p.is_file()):
+        key = f"cams/{path.relative_to(demo.root).as_posix()}"
+        s3.put_object(Bucket=bucket, Key=key, Body=path.read_bytes())
+    doc: dict[str, Any] = yaml.safe_load((ROOT / "examples" / "demo.yaml").read_text())
+    loc = {"bucket": bucket, "endpoint": moto.endpoint, "region": "us-east-1"}
+    doc["spec"]["datasource"] = {
+        "input": {"s3": {**loc, "prefix": "cams/"}, "credentialsSecret": "s3-creds"},
+        "output": {"s3": {**loc, "prefix": "sift/"}, "credentialsSecret": "s3-creds"},
+    }
+    doc["spec"]["selection"]["nSamples"] = 4
+    doc["metadata"] = {"name": name, "namespace": ns}
+    kube.create(s3_secret(ns))
+    uid = kube.create(doc)["metadata"]["uid"]
+
+    # the worker's side: a manifest (the ConfigMap's run.yaml), a token file, the CA
+    doc["metadata"]["uid"] = uid
+    manifest = tmp_path / "run.yaml"
+    manifest.write_text(yaml.safe_dump(doc))
+    token = f"tok-{uuid.uuid4().hex}"
+    api.emulator.tokens[token] = (f"system:serviceaccount:{ns}:sift-{name}", (AUDIENCE,))
+    (tmp_path / "token").write_text(token)
+    (tmp_path / "ca.crt").write_bytes(tls.ca_pem)
+    for var in [v for v in os.environ if v.startswith(("AWS_", "SIFT_"))]:
+        monkeypatch.delenv(var)
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    env = {
+        "SIFT_BROKER_URL": broker.url,
+        "SIFT_BROKER_TOKEN_FILE": str(tmp_path / "token"),
+        "SIFT_BROKER_CA_FILE": str(tmp_path / "ca.crt"),
+        "SIFT_RUN_NAMESPACE": ns,
+        "SIFT_RUN_NAME": name,
+        "SIFT_RUN_UID": uid,
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    # the worker holds no credential: not in its environment, its manifest or its files
+    worker_files = [manifest.read_text(), *env.values(), *os.environ.values()]
+    assert not any(CANARY_SECRET in text or CANARY_KEY_ID in text for text in worker_files)
+
+    assert main(["run", str(manifest), "--log-format", "json"]) == EXIT_OK
+    logs = capfd.readouterr().err
+    prefix = f"sift/{ns}/{name}/{uid}/"
+    listed = s3.list_objects_v2(Bucket=bucket, Prefix="sift/").get("Contents", [])
+    keys = {o["Key"] for o in listed}
+    assert all(k.startswith(prefix) for k in keys), keys
+    for artifact in ("selection.csv", "embeddings.npy", "report.html", "run.json"):
+        assert prefix + artifact in keys
+    selection = s3.get_object(Bucket=bucket, Key=prefix + "selection.csv")["Body"].read()
+    rows = selection.decode().strip().splitlines()[1:]
+    assert sum(",true," in row for row in rows) == 4
+    files = sum(len(v) for v in demo.clusters.values()) + len(demo.duplicates) + len(demo.corrupt)
+    assert len(rows) == files  # every input object was listed through the broker
+    records = [json.loads(line) for line in logs.splitlines() if line.startswith("{")]
+    assert records[-1]["message"].startswith("done: selected 4 of")
+    for leak in (*LEAKS, token):
+        assert leak not in logs
+    for key in keys:
+        data = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+        for leak in (*LEAKS, token):
+            assert leak.encode() not in data, (key, leak)

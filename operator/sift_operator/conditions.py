@@ -21,10 +21,10 @@ RUNNING = "Running"
 SUCCEEDED = "Succeeded"
 FAILED = "Failed"
 EGRESS_RESTRICTED = "EgressRestricted"
-REPORTED = "Reported"  # set by the reporting stage (a later issue); kept as found
+REPORTED = "Reported"  # from the worker pods' termination messages (status.reported_condition)
 
-MANAGED = (ACCEPTED, QUEUED, RUNNING, SUCCEEDED, FAILED, EGRESS_RESTRICTED)
-ORDER = (*MANAGED, REPORTED)
+MANAGED = (ACCEPTED, QUEUED, RUNNING, SUCCEEDED, FAILED, EGRESS_RESTRICTED, REPORTED)
+ORDER = MANAGED
 
 # --- reasons ---
 SPEC_VALID = "SpecValid"
@@ -58,6 +58,13 @@ DEADLINE_EXCEEDED = "DeadlineExceeded"
 CONFIG_ERROR = "ConfigError"
 JOB_FAILED = "JobFailed"
 NO_FAILURE = "NoFailure"
+
+# Reported (True: "Reported"; False: the others)
+REPORT_DONE = "Reported"
+REPORT_PENDING = "Pending"
+REPORT_RETRYING = "Retrying"
+REPORT_REJECTED = "Rejected"
+REPORT_DISABLED = "Disabled"
 
 EGRESS_NETWORK_POLICY = "NetworkPolicy"
 EGRESS_NETWORK_POLICY_AND_CILIUM = "NetworkPolicyAndCilium"

@@ -54,6 +54,8 @@ def _for(type_: str, old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> E
         if true:
             return None if was_true else _event("Normal", "Accepted", message)
         return _event("Warning", reason, message)
+    if type_ == conds.REPORTED:
+        return _reported(old, new)
     if not _changed(old, new):
         return None
     if type_ == conds.QUEUED:
@@ -78,9 +80,23 @@ def _for(type_: str, old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> E
         if true:
             return _event("Normal", conds.EGRESS_RESTRICTED, f"{reason}: {message}")
         return _event("Warning", reason, message)
-    if type_ == conds.REPORTED:
-        return _event("Normal" if true else "Warning", reason, message)
     return None
+
+
+def _reported(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> EventSpec | None:
+    """Reported, Rejected and Retrying once each; Pending only when the retries gave up
+    (its message changes); nothing while the run works or when reporting is disabled."""
+    reason = str(new.get("reason") or "")
+    message = str(new.get("message") or "")
+    if reason == conds.REPORT_PENDING:
+        if old is not None and old.get("message") != message:
+            return _event("Warning", "ReportPending", message)
+        return None
+    if not _changed(old, new) or reason in (conds.REPORT_DISABLED, conds.RUN_FAILED):
+        return None
+    if new.get("status") == "True":
+        return _event("Normal", conds.REPORTED, message)
+    return _event("Warning", "Report" + reason, message)
 
 
 def transition_events(

@@ -67,6 +67,13 @@ class OperatorSettings(BaseModel):
         (), description="Names of pull Secrets in the run's namespace (names only)."
     )
     termination_grace_period_seconds: int = Field(60, ge=0, le=3600)
+    report_retry_seconds: int = Field(
+        3600,
+        ge=0,
+        le=7 * 86400,
+        description="How long after a run finished a follow-up report Job keeps retrying a "
+        "report the worker left Pending (0: never; the outbox waits for `sift-worker report`).",
+    )
     run_as_user: int = Field(65532, ge=1)
     # --- the broker (docs/broker.md) ---
     broker_enabled: bool = Field(True, description="Serve the broker in the operator process.")

@@ -8,10 +8,11 @@ A finished run stays finished even after its Job is garbage-collected (TTL).
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sift_worker.api.v1alpha1 import Progress, RunResult, SelectionRunStatus
@@ -58,6 +59,9 @@ class Observed:
     progress: Mapping[str, Any] | None = None
     result: Mapping[str, Any] | None = None
     spec_change_ignored: bool = False
+    report_job: Mapping[str, Any] | None = None  # the follow-up report Job, if any
+    report_pods: Sequence[Mapping[str, Any]] = ()
+    report_retry_seconds: int = 3600  # settings.report_retry_seconds
 
 
 # --- reading Jobs and Pods ---
@@ -160,6 +164,126 @@ def pod_problems(pods: Sequence[Mapping[str, Any]]) -> list[Problem]:
             elif why in CONFIG_WAITING:
                 found.append(Problem(conds.CONTAINER_CONFIG_ERROR, f"pod {name}: {detail}"))
     return found
+
+
+# --- reporting: the worker's termination message ---
+
+REPORT_STATES = frozenset({"Reported", "Pending", "Rejected"})
+WORKER_CONTAINER = "worker"
+
+
+@dataclass(frozen=True)
+class ReportState:
+    """What a worker (or report) pod said about the report when it ended."""
+
+    reported: str  # Reported | Pending | Rejected
+    reason: str
+    chunks: int
+    acked: int
+    finished: str = ""
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+
+
+def parse_report_message(message: Any) -> ReportState | None:
+    """The worker's ``{"reported", "reason", "chunks", "acked"}``, or None if it is not one."""
+    if not isinstance(message, str) or not message.strip().startswith("{"):
+        return None
+    try:
+        doc = json.loads(message)
+    except ValueError:
+        return None
+    if not isinstance(doc, dict) or doc.get("reported") not in REPORT_STATES:
+        return None
+    return ReportState(
+        str(doc["reported"]),
+        conds.sanitize(str(doc.get("reason") or ""), 400),
+        _int(doc.get("chunks")),
+        _int(doc.get("acked")),
+    )
+
+
+def report_state(pods: Sequence[Mapping[str, Any]]) -> ReportState | None:
+    """The newest report state among the pods' terminated worker containers."""
+    found: list[ReportState] = []
+    for pod in pods:
+        for cs in (pod.get("status") or {}).get("containerStatuses") or ():
+            if cs.get("name") != WORKER_CONTAINER:
+                continue
+            term = (cs.get("state") or {}).get("terminated") or {}
+            state = parse_report_message(term.get("message"))
+            if state is not None:
+                finished = str(term.get("finishedAt") or "")
+                found.append(ReportState(**{**state.__dict__, "finished": finished}))
+    return max(found, key=lambda s: s.finished) if found else None
+
+
+def _stamp(value: Any) -> datetime | None:
+    if not value:
+        return None
+    try:
+        return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def reported_condition(
+    *,
+    enabled: bool,
+    outcome_succeeded: bool | None,
+    state: ReportState | None,
+    report_job_failed: bool,
+    completion_time: str | None,
+    retry_seconds: int,
+    old: Mapping[str, Any] | None,
+    was_terminal: bool,
+    now: datetime,
+) -> tuple[bool, str, str]:
+    """``(status, reason, message)`` of the Reported condition.
+
+    ``state`` is the newest termination message of the run's worker or follow-up report
+    pods. Pods go away (Job TTL): a run that was already over keeps what it said.
+    """
+    if not enabled:
+        return False, conds.REPORT_DISABLED, "spec.report is not set: nothing leaves the cluster"
+    if outcome_succeeded is None:
+        return False, conds.REPORT_PENDING, "the results are reported once the run has finished"
+    if not outcome_succeeded:
+        return False, conds.RUN_FAILED, "the run failed: there are no results to report"
+    started = _stamp(completion_time) or now
+    deadline = started + timedelta(seconds=retry_seconds)
+    expired = report_job_failed or retry_seconds <= 0 or now >= deadline
+    if state is None:  # no report pod left, or a worker without reporting
+        if not was_terminal or old is None:
+            return (
+                False,
+                conds.REPORT_PENDING,
+                "the worker ended without a report state in its termination message",
+            )
+        if old.get("reason") != conds.REPORT_RETRYING or not expired:
+            return old.get("status") == "True", str(old.get("reason")), str(old.get("message"))
+        state = ReportState("Pending", "", 0, 0)
+    counts = f"{state.acked} of {state.chunks} chunks acknowledged"
+    detail = f": {state.reason}" if state.reason else ""
+    if state.reported == "Reported":
+        return True, conds.REPORT_DONE, f"the results API acknowledged all {state.chunks} chunks"
+    if state.reported == "Rejected":
+        text = f"the results API refused the report ({counts}){detail}"
+        return False, conds.REPORT_REJECTED, text
+    if not expired:
+        return (
+            False,
+            conds.REPORT_RETRYING,
+            f"{counts}; a report Job retries until {conds.timestamp(deadline)}{detail}",
+        )
+    return (
+        False,
+        conds.REPORT_PENDING,
+        f"gave up after the retry window of {retry_seconds} s ({counts}); the results are "
+        f"safe in the output storage: send them with `sift-worker report`{detail}",
+    )
 
 
 # --- the status ---
@@ -388,7 +512,23 @@ def desired_status(run: Mapping[str, Any], observed: Observed, now: datetime) ->
             "no egress policy is in place; only the worker's in-process allowlist applies",
         )
 
-    managed = [accepted, queued, running, succeeded, failed, restricted]
+    # Reported
+    report_job = observed.report_job
+    report_outcome = job_outcome(report_job)
+    rep_status, rep_reason, rep_text = reported_condition(
+        enabled=spec.get("report") is not None,
+        outcome_succeeded=None if outcome is None else outcome.succeeded,
+        state=report_state([*observed.pods, *observed.report_pods]),
+        report_job_failed=report_outcome is not None and not report_outcome.succeeded,
+        completion_time=old.get("completionTime") or (outcome.time if outcome else None),
+        retry_seconds=observed.report_retry_seconds,
+        old=old_conds.get(conds.REPORTED),
+        was_terminal=is_terminal(old),
+        now=now,
+    )
+    reported = cond(conds.REPORTED, rep_status, rep_reason, rep_text)
+
+    managed = [accepted, queued, running, succeeded, failed, restricted, reported]
     passthrough = [
         {**c, "message": conds.sanitize(str(c.get("message") or ""))}
         for t, c in old_conds.items()

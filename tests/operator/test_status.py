@@ -72,6 +72,23 @@ RUNNING_POD = pod(
         {"name": "worker", "state": {"running": {"startedAt": "2026-12-01T10:01:30Z"}}}
     ],
 )
+REPORTED_POD = pod(
+    "Succeeded",
+    containerStatuses=[
+        {
+            "name": "worker",
+            "state": {
+                "terminated": {
+                    "exitCode": 0,
+                    "finishedAt": "2026-12-01T10:04:00Z",
+                    "message": json.dumps(
+                        {"reported": "Reported", "reason": "", "chunks": 2, "acked": 2}
+                    ),
+                }
+            },
+        }
+    ],
+)
 UNSCHEDULABLE_POD = pod(
     conditions=[
         {
@@ -356,6 +373,7 @@ def test_status_table(
         "Succeeded",
         "Failed",
         "EgressRestricted",
+        "Reported",
     ]
     assert status["observedGeneration"] == observed.generation
     assert all(c["observedGeneration"] == observed.generation for c in status["conditions"])
@@ -421,12 +439,13 @@ def test_lifecycle_keeps_transition_times_and_emits_one_event_per_transition() -
         Observed(
             1,
             job(labels=KUEUE, conditions=[jcond("Complete")], completionTime=timestamp(t[5])),
+            pods=[REPORTED_POD],
             result={"selected": 10, "total": 20},
         ),
         t[6],
     )
     assert s5["phase"] == "Succeeded"
-    assert [(e.type, e.reason) for e in e5] == [("Normal", "Succeeded")]
+    assert [(e.type, e.reason) for e in e5] == [("Normal", "Succeeded"), ("Normal", "Reported")]
     assert s5["completionTime"] == timestamp(t[5])
     by = {c["type"]: c["lastTransitionTime"] for c in s5["conditions"]}
     assert by["Accepted"] == timestamp(t[0])  # never changed status
@@ -517,9 +536,9 @@ def test_spec_change_ignored_warns_once_per_generation() -> None:
     assert "generation 2" in s2["conditions"][0]["message"]
 
 
-def test_reported_and_unknown_conditions_are_kept() -> None:
+def test_unknown_conditions_are_kept() -> None:
     reported = {
-        "type": "Reported",
+        "type": "BrokerReady",
         "status": "False",
         "reason": "ApiUnavailable",
         "message": "results API down; retrying",

@@ -106,24 +106,67 @@ def test_a_failed_pod_that_is_retried_warns() -> None:
     assert retrying["startTime"] == running["startTime"]
 
 
-def test_reported_transitions_become_events() -> None:
-    base = _render("succeeded")
-    reported = {
-        **base,
-        "conditions": [
-            *base["conditions"],
-            {
-                "type": "Reported",
-                "status": "False",
-                "reason": "ApiUnavailable",
-                "message": f"results API returned 503; token={CANARY}",
-                "lastTransitionTime": "2026-12-01T12:00:00Z",
-            },
-        ],
+def _with_reported(status: dict[str, Any], value: str, reason: str, message: str) -> Any:
+    others = [c for c in status["conditions"] if c["type"] != "Reported"]
+    cond = {
+        "type": "Reported",
+        "status": value,
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": "2026-12-01T12:00:00Z",
     }
-    events = transition_events(base, reported)
-    assert [(e.type, e.reason) for e in events] == [("Warning", "ApiUnavailable")]
-    assert CANARY not in events[0].message
+    return {**status, "conditions": [*others, cond]}
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "expected"),
+    [
+        # nothing while the run works, nor when reporting is off or the run failed
+        (None, ("False", "Pending", "once finished"), []),
+        (("False", "Pending", "once finished"), ("False", "Pending", "once finished"), []),
+        (None, ("False", "Disabled", "off"), []),
+        (("False", "Pending", "once finished"), ("False", "RunFailed", "failed"), []),
+        (
+            ("False", "Pending", "once finished"),
+            ("True", "Reported", "all"),
+            [("Normal", "Reported")],
+        ),
+        (("True", "Reported", "all"), ("True", "Reported", "all"), []),
+        (("False", "Pending", "x"), ("False", "Retrying", "r"), [("Warning", "ReportRetrying")]),
+        (("False", "Retrying", "r"), ("False", "Retrying", "r2"), []),
+        (
+            ("False", "Retrying", "r"),
+            ("False", "Pending", "gave up"),
+            [("Warning", "ReportPending")],
+        ),
+        (("False", "Retrying", "r"), ("False", "Rejected", "401"), [("Warning", "ReportRejected")]),
+    ],
+)
+def test_reported_transitions_become_events(
+    before: tuple[str, str, str] | None,
+    after: tuple[str, str, str],
+    expected: list[tuple[str, str]],
+) -> None:
+    base = _render("succeeded")
+    old = (
+        _with_reported(base, *before)
+        if before
+        else {
+            **base,
+            "conditions": [c for c in base["conditions"] if c["type"] != "Reported"],
+        }
+    )
+    new = _with_reported(base, *after)
+    events = transition_events(old, new)
+    assert [(e.type, e.reason) for e in events] == expected
+
+
+def test_reported_event_messages_are_scrubbed() -> None:
+    base = _render("succeeded")
+    old = _with_reported(base, "False", "Pending", "once finished")
+    new = _with_reported(base, "False", "Rejected", f"HTTP 401; token={CANARY}")
+    (event,) = transition_events(old, new)
+    assert CANARY not in event.message
 
 
 def test_event_messages_are_bounded_and_scrubbed() -> None:

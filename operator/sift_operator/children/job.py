@@ -34,6 +34,8 @@ from sift_operator.settings import OperatorSettings
 CONTAINER = "worker"
 TOKEN_DIR = "/var/run/secrets/sift.dev/broker"
 TOKEN_FILE = f"{TOKEN_DIR}/token"
+RESULTS_TOKEN_DIR = "/var/run/secrets/sift.dev/results"
+RESULTS_TOKEN_FILE = f"{RESULTS_TOKEN_DIR}/token"
 SCRATCH = "/tmp"
 SHM = "/dev/shm"
 MAX_THREADS = 256
@@ -111,6 +113,20 @@ def _volumes(
         {"name": "tmp", "mountPath": SCRATCH},
         {"name": "dshm", "mountPath": SHM},
     ]
+    if spec.report is not None:
+        # the results API token as a file (never an env var: those show in `kubectl describe`)
+        ref = spec.report.api.token_secret
+        volumes.append(
+            {
+                "name": "results-token",
+                "secret": {
+                    "secretName": ref.name,
+                    "items": [{"key": ref.key, "path": "token"}],
+                    "defaultMode": 0o440,
+                },
+            }
+        )
+        mounts.append({"name": "results-token", "mountPath": RESULTS_TOKEN_DIR, "readOnly": True})
     claims = _claims(spec)
     names = sorted({c for _, c, _ in claims})
     for i, claim in enumerate(names):
@@ -155,6 +171,8 @@ def _env(run: Mapping[str, Any], spec: SelectionRunSpec, settings: OperatorSetti
     }
     if settings.broker_ca_pem:
         env["SIFT_BROKER_CA_FILE"] = BROKER_CA_PATH
+    if spec.report is not None:
+        env["SIFT_RESULTS_TOKEN_FILE"] = RESULTS_TOKEN_FILE
     res = spec.worker.resources
     if res.gpu == 0 and res.gpu_resource_name == "nvidia.com/gpu":
         # an image with NVIDIA_VISIBLE_DEVICES=all would otherwise see every GPU of the node

@@ -14,6 +14,9 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from sift_operator.children.reportjob import report_job_name
+from sift_operator.names import child_name
+
 Obj = dict[str, Any]
 Key = tuple[str, str]  # (namespace, name)
 
@@ -43,6 +46,13 @@ def _first(store: Iterable[Obj] | None) -> Obj | None:
         return None
     for value in store:
         return value
+    return None
+
+
+def _named(store: Iterable[Obj] | None, name: str) -> Obj | None:
+    for value in store or ():
+        if (value.get("metadata") or {}).get("name") == name:
+            return value
     return None
 
 
@@ -95,6 +105,7 @@ class Views:
         self.pods_index = pods
         self.run_writes = Overlay()
         self.job_writes = Overlay()
+        self.report_writes = Overlay()
         self.job_runs: dict[Key, str] = {}  # (namespace, job name) -> run name
 
     def run(self, key: Key) -> Obj | None:
@@ -113,7 +124,13 @@ class Views:
         return cached
 
     def job(self, key: Key) -> Obj | None:
-        return self.job_writes.newest(key, _first(self.jobs_index.get(key)))
+        """The worker Job (a run also owns its follow-up report Job: told apart by name)."""
+        cached = _named(self.jobs_index.get(key), child_name(key[1]))
+        return self.job_writes.newest(key, cached)
+
+    def report_job(self, key: Key) -> Obj | None:
+        cached = _named(self.jobs_index.get(key), report_job_name(key[1]))
+        return self.report_writes.newest(key, cached)
 
     def pods(self, namespace: str, job_name: str) -> list[Obj]:
         pods = list(self.pods_index.get((namespace, job_name)) or ())
@@ -131,6 +148,7 @@ class Views:
     def forget(self, key: Key) -> None:
         self.run_writes.drop(key)
         self.job_writes.drop(key)
+        self.report_writes.drop(key)
 
 
 def key_of(obj: Mapping[str, Any]) -> Key:

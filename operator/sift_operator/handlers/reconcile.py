@@ -40,6 +40,7 @@ from sift_worker.api.v1alpha1 import SelectionRunSpec
 from sift_operator import conditions as conds
 from sift_operator import metrics
 from sift_operator.children import InvalidRunError, api_host, desired_children, parse_spec
+from sift_operator.children.reportjob import build_report_job, report_job_name
 from sift_operator.events import transition_events
 from sift_operator.handlers.admission import Admission, kueue_managed
 from sift_operator.handlers.eventing import EventRecorder
@@ -309,6 +310,10 @@ class Reconciler:
             not in (None, spec_hash(run.get("spec")))
         )
         pods = self.views.pods(namespace, child_name(name)) if job is not None else []
+        report_job = self.views.report_job(key)
+        report_pods = (
+            self.views.pods(namespace, report_job_name(name)) if report_job is not None else []
+        )
         observed = Observed(
             generation=generation,
             job=job,
@@ -317,8 +322,13 @@ class Reconciler:
             problems=problems,
             egress=egress,
             spec_change_ignored=spec_changed,
+            report_job=report_job,
+            report_pods=report_pods,
+            report_retry_seconds=self.settings.report_retry_seconds,
         )
         new_status = desired_status(run, observed, now)
+        if report_job is None and spec is not None and _reason(new_status) == conds.REPORT_RETRYING:
+            await self._start_report(key, run, new_status, now)
         if new_status != dict(old_status):
             # a merge patch of the whole status: keys that went away are set to null
             patch = {k: new_status.get(k) for k in {*old_status, *new_status}}
@@ -334,6 +344,21 @@ class Reconciler:
             return self.backoff(key)
         self.attempts.pop(key, None)
         return None
+
+    async def _start_report(
+        self, key: Key, run: Obj, status: Mapping[str, Any], now: datetime
+    ) -> None:
+        """The follow-up report Job, for what is left of the retry window."""
+        finished = _parse(status.get("completionTime")) or now
+        left = self.settings.report_retry_seconds - (now - finished).total_seconds()
+        if left < 1:
+            return
+        job_obj = build_report_job(run, self.settings, deadline_seconds=int(left))
+        job, problem = await self._create_one(job_obj)
+        if problem is not None:
+            log.warning("report Job of %s/%s: %s", key[0], key[1], problem.message)
+        elif job is not None:
+            self.views.report_writes.put(key, job)
 
     async def _still_exists(self, run: Obj) -> bool:
         meta = run.get("metadata") or {}
@@ -418,6 +443,11 @@ class Reconciler:
             phase = str((run.get("status") or {}).get("phase") or "Pending")
             counts[phase] = counts.get(phase, 0) + 1
         return counts
+
+
+def _reason(status: Mapping[str, Any]) -> str | None:
+    found = conds.by_type(status.get("conditions")).get(conds.REPORTED)
+    return None if found is None else str(found.get("reason"))
 
 
 def _parse(value: Any) -> datetime | None:

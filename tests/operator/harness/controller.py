@@ -113,7 +113,14 @@ class JobController:
             "jobs", meta["namespace"], meta["name"], {"status": {"ready": 1}}, status=True
         )
 
-    def _terminate(self, pod: dict[str, Any], exit_code: int) -> None:
+    def _terminate(self, pod: dict[str, Any], exit_code: int, message: str = "") -> None:
+        terminated: dict[str, Any] = {
+            "exitCode": exit_code,
+            "reason": "Completed" if exit_code == 0 else "Error",
+            "finishedAt": _now(),
+        }
+        if message:  # the kubelet copies terminationMessagePath's content here
+            terminated["message"] = message
         self.pod_status(
             pod,
             {
@@ -123,21 +130,15 @@ class JobController:
                         "name": "worker",
                         "ready": False,
                         "image": pod["spec"]["containers"][0]["image"],
-                        "state": {
-                            "terminated": {
-                                "exitCode": exit_code,
-                                "reason": "Completed" if exit_code == 0 else "Error",
-                                "finishedAt": _now(),
-                            }
-                        },
+                        "state": {"terminated": terminated},
                     }
                 ],
             },
         )
 
-    def succeed(self, job: dict[str, Any], pod: dict[str, Any] | None) -> None:
+    def succeed(self, job: dict[str, Any], pod: dict[str, Any] | None, message: str = "") -> None:
         if pod is not None:
-            self._terminate(pod, 0)
+            self._terminate(pod, 0, message)
         meta = job["metadata"]
         self.kube.patch(
             "jobs",
@@ -166,10 +167,12 @@ class JobController:
             status=True,
         )
 
-    def fail(self, job: dict[str, Any], pod: dict[str, Any] | None, exit_code: int = 1) -> None:
+    def fail(
+        self, job: dict[str, Any], pod: dict[str, Any] | None, exit_code: int = 1, message: str = ""
+    ) -> None:
         """A failed pod; exit code 3 (config error) trips the podFailurePolicy FailJob rule."""
         if pod is not None:
-            self._terminate(pod, exit_code)
+            self._terminate(pod, exit_code, message)
         meta = job["metadata"]
         if exit_code == 3:
             reason = "PodFailurePolicy"

@@ -14,6 +14,7 @@ conditions; exit code 3 trips the podFailurePolicy's FailJob rule).
 
 from __future__ import annotations
 
+import base64
 import os
 import subprocess
 import sys
@@ -88,6 +89,15 @@ class Node:
                 if mount.get("subPath"):
                     local = local / mount["subPath"]
                     local.mkdir(parents=True, exist_ok=True)
+            elif "secret" in volume:
+                ref = volume["secret"]
+                secret = self.kube.get("secrets", meta["namespace"], ref["secretName"])
+                assert secret is not None, f"the Job's Secret {ref['secretName']} does not exist"
+                local.mkdir(parents=True, exist_ok=True)
+                for item in ref.get("items") or [{"key": k, "path": k} for k in secret["data"]]:
+                    (local / item["path"]).write_bytes(
+                        base64.b64decode(secret["data"][item["key"]])
+                    )
             else:  # emptyDir, projected token: an empty folder
                 local.mkdir(parents=True, exist_ok=True)
             mounts[mount["mountPath"]] = local
@@ -133,6 +143,11 @@ class Node:
         for item in container.get("env", []):
             env[item["name"]] = self._local(str(item.get("value", "")), mounts)
 
+        # the kubelet's terminationMessagePath, copied into the pod's status when it ends
+        termination_log = workdir / "termination-log"
+        termination_log.write_text("")
+        env["SIFT_TERMINATION_LOG"] = str(termination_log)
+
         pod = self.ctl.create_pod(job)
         self.ctl.run(job, pod)
         proc = subprocess.run(
@@ -146,8 +161,9 @@ class Node:
         )
         self.logs[name] = proc.stdout + proc.stderr
         self.outcomes[name] = proc.returncode
+        message = termination_log.read_text()[:4096]
         if proc.returncode == 0:
-            self.ctl.succeed(job, pod)
+            self.ctl.succeed(job, pod, message)
         else:
-            self.ctl.fail(job, pod, exit_code=proc.returncode)
+            self.ctl.fail(job, pod, exit_code=proc.returncode, message=message)
         return proc.returncode

@@ -1,0 +1,175 @@
+"""End to end through the broker: a SelectionRun on S3 with a credentialsSecret, the real
+operator process (kopf + broker), a test node running the real worker with a projected
+token and no credential -> Succeeded, the selection in the output bucket."""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+import yaml
+from conftest import ReviewingServer, s3_secret
+from harness.cluster import condition, free_port
+from harness.node import Node
+from harness.operator import OperatorProcess
+from harness.server import Kube
+from sift_worker.demo_data import generate_demo_dataset
+from storage_servers import CANARY_KEY_ID, CANARY_SECRET, Server
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[2]
+LEAKS = (CANARY_SECRET, CANARY_KEY_ID, "X-Amz-Signature", "X-Amz-Credential")
+
+
+class TokenNode(Node):
+    """The node plus the kubelet's projected ServiceAccount token, registered for review."""
+
+    def __init__(self, kube: Kube, root: Path, api: ReviewingServer) -> None:
+        super().__init__(kube, root, timeout=180)
+        self.api = api
+        self.tokens: list[str] = []
+
+    def _mounts(self, job: dict[str, Any], workdir: Path) -> dict[str, Path]:
+        mounts = super()._mounts(job, workdir)
+        pod = job["spec"]["template"]["spec"]
+        volumes = {v["name"]: v for v in pod.get("volumes", [])}
+        (container,) = pod["containers"]
+        for mount in container.get("volumeMounts", []):
+            for source in volumes[mount["name"]].get("projected", {}).get("sources", []):
+                sat = source.get("serviceAccountToken")
+                if sat is None:
+                    continue
+                token = f"tok-{uuid.uuid4().hex}"
+                user = f"system:serviceaccount:{job['metadata']['namespace']}:"
+                user += pod["serviceAccountName"]
+                self.api.emulator.tokens[token] = (user, (sat["audience"],))
+                self.tokens.append(token)
+                (mounts[mount["mountPath"]] / sat["path"]).write_text(token)
+        return mounts
+
+
+@pytest.fixture(scope="module")
+def operator_cluster(
+    api: ReviewingServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[OperatorProcess, int]]:
+    tmp = tmp_path_factory.mktemp("op")
+    port = free_port()
+    proc = OperatorProcess(
+        api.write_kubeconfig(tmp / "kubeconfig.yaml"),
+        tmp / "operator.log",
+        env={
+            "SIFT_BROKER_PORT": str(port),
+            "SIFT_BROKER_LISTEN_ADDRESS": "127.0.0.1",
+            "SIFT_BROKER_PUBLIC_URL": f"https://127.0.0.1:{port}",
+            "SIFT_BROKER_TLS_EXTRA_NAMES": '["127.0.0.1"]',
+            "SIFT_BROKER_PROGRESS_INTERVAL_SECONDS": "0.5",
+        },
+        args=("--metrics-port", "0"),
+    )
+    try:
+        proc.start()
+        proc.wait_for_log("sift operator started", 30)
+        yield proc, port
+    finally:
+        proc.stop()
+
+
+def test_selection_run_on_s3_through_the_broker_succeeds_with_no_worker_credential(
+    api: ReviewingServer,
+    kube: Kube,
+    moto: Server,
+    operator_cluster: tuple[OperatorProcess, int],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    operator, _ = operator_cluster
+    ns, name = "e2e-broker", "demo"
+    demo = generate_demo_dataset(
+        tmp_path / "demo", clusters=3, per_cluster=4, duplicates=1, corrupt=1, size=(48, 40)
+    )
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=moto.endpoint,
+        region_name="us-east-1",
+        aws_access_key_id=CANARY_KEY_ID,
+        aws_secret_access_key=CANARY_SECRET,
+    )
+    bucket = f"e2e-{uuid.uuid4().hex[:10]}"
+    s3.create_bucket(Bucket=bucket)
+    for path in sorted(p for p in demo.root.rglob("*") if p.is_file()):
+        s3.put_object(
+            Bucket=bucket,
+            Key=f"cams/{path.relative_to(demo.root).as_posix()}",
+            Body=path.read_bytes(),
+        )
+    run: dict[str, Any] = yaml.safe_load((ROOT / "examples" / "demo.yaml").read_text())
+    loc = {"bucket": bucket, "endpoint": moto.endpoint, "region": "us-east-1"}
+    run["metadata"] = {"name": name, "namespace": ns}
+    run["spec"]["datasource"] = {
+        "input": {"s3": {**loc, "prefix": "cams/"}, "credentialsSecret": "s3-creds"},
+        "output": {"s3": {**loc, "prefix": "sift/"}, "credentialsSecret": "s3-creds"},
+    }
+    run["spec"]["selection"]["nSamples"] = 4
+    run["spec"]["worker"] = {"resources": {"gpu": 0, "cpu": "2", "memory": "2Gi"}}
+    kube.create(s3_secret(ns))
+    # the node's environment holds no credential either (the test process has none)
+    for var in [v for v in os.environ if v.startswith("AWS_")]:
+        monkeypatch.delenv(var)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+
+    with TokenNode(kube, tmp_path / "node", api) as node:
+        uid = kube.create(run)["metadata"]["uid"]
+        done = kube.wait_for(
+            lambda: (
+                lambda r: (
+                    r if r and r.get("status", {}).get("phase") in ("Succeeded", "Failed") else None
+                )
+            )(kube.get("selectionruns", ns, name)),
+            "the run to finish",
+            timeout=150,
+        )
+    assert node.error is None, node.error
+    logs = node.logs.get(f"sift-{name}", "")
+    assert done["status"]["phase"] == "Succeeded", (
+        done["status"],
+        logs[-3000:],
+        operator.logs()[-3000:],
+    )
+    assert condition(done, "Succeeded")["reason"] == "JobComplete"
+
+    prefix = f"sift/{ns}/{name}/{uid}/"
+    keys = {o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="sift/").get("Contents", [])}
+    assert all(k.startswith(prefix) for k in keys), keys
+    for artifact in ("selection.csv", "embeddings.npy", "report.html", "run.json"):
+        assert prefix + artifact in keys
+    rows = s3.get_object(Bucket=bucket, Key=prefix + "selection.csv")["Body"].read().decode()
+    assert sum(",true," in row for row in rows.splitlines()) == 4
+
+    # the worker held no credential: not in its Job (env, volumes), ConfigMap or files
+    job = kube.get("jobs", ns, f"sift-{name}")
+    cm = kube.get("configmaps", ns, f"sift-{name}")
+    assert job is not None
+    assert cm is not None
+    assert "broker-ca.crt" in cm["data"]
+    worker_side = [json.dumps(job), json.dumps(cm)]
+    worker_side += [
+        p.read_text(errors="replace") for p in (tmp_path / "node").rglob("*") if p.is_file()
+    ]
+    for text in worker_side:
+        for leak in (CANARY_SECRET, CANARY_KEY_ID):
+            assert leak not in text
+    secret_volumes = [v for v in job["spec"]["template"]["spec"]["volumes"] if "secret" in v]
+    assert secret_volumes == []
+    # no secret, token or signed URL in logs, status, events or ConfigMaps
+    texts = [logs, operator.logs(), json.dumps(done), json.dumps(kube.list("events", ns))]
+    texts.append(json.dumps(kube.list("configmaps", ns)))
+    for text in texts:
+        for leak in (*LEAKS, *node.tokens):
+            assert leak not in text

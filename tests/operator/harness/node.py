@@ -19,6 +19,7 @@ import os
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,8 @@ class Node:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="test-node", daemon=True)
         self._seen: set[str] = set()
+        self.env: dict[str, str] = {}  # extra environment for every worker process
+        self.hold: Callable[[dict[str, Any]], bool] = lambda job: False  # not run yet
         self.error: BaseException | None = None
 
     def pvc(self, claim: str) -> Path:
@@ -59,7 +62,7 @@ class Node:
             while not self._stop.wait(0.1):
                 for job in self.kube.list("jobs"):
                     uid = job["metadata"]["uid"]
-                    if uid in self._seen or job["spec"].get("suspend"):
+                    if uid in self._seen or job["spec"].get("suspend") or self.hold(job):
                         continue
                     self._seen.add(uid)
                     self.execute(job)
@@ -142,6 +145,7 @@ class Node:
         env = {k: v for k, v in os.environ.items() if not k.startswith("SIFT_")}
         for item in container.get("env", []):
             env[item["name"]] = self._local(str(item.get("value", "")), mounts)
+        env.update(self.env)
 
         # the kubelet's terminationMessagePath, copied into the pod's status when it ends
         termination_log = workdir / "termination-log"

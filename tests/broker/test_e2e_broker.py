@@ -143,6 +143,14 @@ def test_selection_run_on_s3_through_the_broker_succeeds_with_no_worker_credenti
         operator.logs()[-3000:],
     )
     assert condition(done, "Succeeded")["reason"] == "JobComplete"
+    # the worker's progress reports reached the run's status through the broker
+    progress = kube.wait_for(
+        lambda: (kube.get("selectionruns", ns, name) or {}).get("status", {}).get("progress"),
+        "status.progress",
+        timeout=5,
+    )
+    assert progress["stage"]
+    assert progress["done"] >= 1
 
     prefix = f"sift/{ns}/{name}/{uid}/"
     keys = {o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="sift/").get("Contents", [])}

@@ -48,8 +48,10 @@ __all__ = [
     "BrokerClient",
     "BrokerError",
     "BrokerLocation",
+    "BrokerProgress",
     "BrokerSigner",
     "broker_signer_from_env",
+    "client_from_env",
 ]
 
 DEFAULT_CA_FILE = "/etc/sift/broker-ca.crt"
@@ -291,10 +293,8 @@ class BrokerSigner(RunSigner):
         return self.storage_hosts
 
 
-def broker_signer_from_env(
-    env: Mapping[str, str], *, output: bool
-) -> tuple[BrokerSigner, BrokerClient] | None:
-    """The broker's signer when ``SIFT_BROKER_URL`` is set (a cluster run), else None."""
+def client_from_env(env: Mapping[str, str]) -> BrokerClient | None:
+    """A client for the run's broker when ``SIFT_BROKER_URL`` is set (a cluster run)."""
     url = env.get("SIFT_BROKER_URL")
     if not url:
         return None
@@ -310,13 +310,22 @@ def broker_signer_from_env(
     ca = env.get("SIFT_BROKER_CA_FILE") or (
         DEFAULT_CA_FILE if Path(DEFAULT_CA_FILE).exists() else None
     )
-    client = BrokerClient(
+    return BrokerClient(
         url,
         env["SIFT_BROKER_TOKEN_FILE"],
         namespace=env["SIFT_RUN_NAMESPACE"],
         name=env["SIFT_RUN_NAME"],
         ca_file=ca,
     )
+
+
+def broker_signer_from_env(
+    env: Mapping[str, str], *, output: bool
+) -> tuple[BrokerSigner, BrokerClient] | None:
+    """The broker's signer when ``SIFT_BROKER_URL`` is set (a cluster run), else None."""
+    client = client_from_env(env)
+    if client is None:
+        return None
     try:
         return BrokerSigner(client, output=output), client
     except BaseException:
@@ -333,3 +342,57 @@ def fetcher_for(signer: BrokerSigner, extra_hosts: Iterable[str] = (), **kwargs:
         return signer.client.sign_uploads([old.key], [old.headers.get("Content-Type")])[0]
 
     return Fetcher(set(signer.allowed_hosts()) | set(extra_hosts), refresh=refresh, **kwargs)
+
+
+class BrokerProgress:
+    """A progress listener that reports (stage, done, total) to the broker.
+
+    Called for every advanced sample: it only keeps the latest value; a background
+    thread sends it at most every ``interval`` seconds (and at once on a new stage), so
+    a slow broker never slows the pipeline. Failures are logged once, never raised.
+    """
+
+    def __init__(self, client: BrokerClient, interval: float = 2.0) -> None:
+        self.client = client
+        self.interval = interval
+        self._latest: tuple[str, int, int | None] | None = None
+        self._stage: str | None = None
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._warned = False
+        self.sent = 0
+        self._thread = threading.Thread(target=self._loop, name="broker-progress", daemon=True)
+        self._thread.start()
+
+    def __call__(self, stage: str, done: int, total: int | None) -> None:
+        self._latest = (stage, done, total)
+        if stage != self._stage or (total is not None and done >= total):
+            self._stage = stage
+            self._wake.set()
+
+    def _send(self) -> None:
+        latest, self._latest = self._latest, None
+        if latest is None:
+            return
+        try:
+            self.client.report_progress(*latest)
+            self.sent += 1
+        except (BrokerError, StorageError) as exc:
+            if not self._warned:
+                self._warned = True
+                import logging
+
+                logging.getLogger("sift.broker").warning("progress not reported: %s", exc)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self.interval)
+            self._wake.clear()
+            self._send()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(10)
+        self._send()
+        self.client.close()

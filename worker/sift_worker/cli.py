@@ -108,15 +108,27 @@ def _execute(args: argparse.Namespace) -> int:
         from sift_worker.reporting.heartbeat import Heartbeats
 
         beats = Heartbeats(run, output, os.environ)
+    from sift_worker.broker_client import BrokerProgress, client_from_env
+
+    broker = client_from_env(os.environ)  # a cluster run: progress into the run's status
+    to_broker = BrokerProgress(broker) if broker is not None else None
+
+    def listener(stage: str, done: int, total: int | None) -> None:
+        for each in (beats, to_broker):
+            if each is not None:
+                each(stage, done, total)
+
     try:
         summary = run_selection(
             run,
             RunSettings(threads=args.threads, decode_workers=args.decode_workers, source=source),
-            Progress(bars=bars, listener=beats),
+            Progress(bars=bars, listener=listener if beats or to_broker else None),
         )
     finally:
         if beats is not None:
             beats.close()
+        if to_broker is not None:
+            to_broker.close()
     if run.spec.report is not None:
         # a local run's heartbeats already made its new uid; else the report makes it
         new_run = not (beats is not None and beats.began_local_run)

@@ -9,11 +9,13 @@ signed URL reaches a log, the status, an Event or a ConfigMap.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import ssl
 import time
 import uuid
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +24,11 @@ import httpx
 import pytest
 from conftest import AUDIENCE, BrokerThread, ReviewingServer, s3_run, s3_secret
 from harness.server import Kube
+from sift_operator.broker import broker_tls
 from sift_operator.broker.tls import BrokerTLS, make_self_signed
-from sift_worker.broker_client import BrokerClient, BrokerError, BrokerSigner
-from sift_worker.fetch import Fetcher, ObjectGoneError
+from sift_operator.settings import OperatorSettings
+from sift_worker.broker_client import BrokerClient, BrokerError, BrokerSigner, fetcher_for
+from sift_worker.fetch import URL_REFRESHES, Fetcher, ObjectGoneError
 from sift_worker.storage import OutsidePrefixError
 from storage_servers import CANARY_KEY_ID, CANARY_SECRET, Server
 
@@ -291,3 +295,54 @@ def test_no_secret_token_or_signed_url_in_logs_status_events_or_configmaps(
             assert leak not in text
     assert caplog.records  # the broker and fetcher did log (refusals, retries)
     c.close()
+
+
+def test_the_fetcher_refreshes_expiring_urls_through_the_broker(
+    broker: BrokerThread, tls: BrokerTLS, world: World, tmp_path: Path
+) -> None:
+    c = client(broker, tls, tmp_path, world.tokens["alpha"], world.ns, "alpha")
+    signer = BrokerSigner(c, output=True)
+    [old] = signer.sign_inputs(["a.jpg"])
+    before = URL_REFRESHES._value.get()
+    # a margin longer than the URLs' lifetime (120 s here): every use re-signs first
+    with fetcher_for(signer, refresh_margin=timedelta(seconds=600)) as fetcher:
+        assert fetcher.get_bytes(old) == b"alpha:a.jpg"
+        [put] = signer.sign_uploads(["r.txt"], ["text/plain"])
+        fetcher.put_bytes(put, b"r")
+    assert URL_REFRESHES._value.get() == before + 2
+    c.close()
+
+
+def test_the_managed_ca_is_kept_in_a_secret_and_reused(broker: BrokerThread, kube: Kube) -> None:
+    ns = "tls-" + uuid.uuid4().hex[:6]
+    settings = OperatorSettings(namespace=ns, broker_tls_extra_names=("127.0.0.1",))
+    first = broker.call(broker_tls(settings, broker.kube))
+    again = broker.call(broker_tls(settings, broker.kube))
+    assert again.ca_pem == first.ca_pem
+    assert again.cert_pem == first.cert_pem
+    secret = kube.get("secrets", ns, "sift-operator-broker-tls")
+    assert secret is not None
+    assert secret["type"] == "kubernetes.io/tls"
+    assert set(secret["data"]) == {"tls.crt", "tls.key", "ca.crt"}
+    assert "PRIVATE KEY" not in repr(first)
+
+
+def test_a_request_that_outlives_the_timeout_gets_504(
+    api: ReviewingServer, tls: BrokerTLS, world: World, tmp_path: Path
+) -> None:
+    settings = OperatorSettings(broker_request_timeout_seconds=0.5)
+    with BrokerThread(api.url, settings, tls) as slow:
+        assert slow.server is not None
+        broker_obj = slow.server.broker
+
+        async def hang(*_: Any) -> Any:
+            await asyncio.sleep(5)
+
+        broker_obj.signers.signer = hang  # type: ignore[method-assign]
+        c = client(slow, tls, tmp_path, world.tokens["alpha"], world.ns, "alpha")
+        started = time.monotonic()
+        with pytest.raises(BrokerError) as err:
+            c.sign_inputs(["a.jpg"])
+        assert (err.value.status, err.value.kind) == (504, "Timeout")
+        assert time.monotonic() - started < 3
+        c.close()

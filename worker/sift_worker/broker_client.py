@@ -52,6 +52,7 @@ __all__ = [
     "BrokerSigner",
     "broker_signer_from_env",
     "client_from_env",
+    "fetcher_for",
 ]
 
 DEFAULT_CA_FILE = "/etc/sift/broker-ca.crt"

@@ -2,110 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
-import base64
-import sys
-import threading
 from collections.abc import Iterator
-from concurrent.futures import Future
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
-import aiohttp.web
-import attrs
 import pytest
-
-HERE = Path(__file__).parent
-sys.path[:0] = [str(HERE.parent / "storage"), str(HERE.parent / "operator")]
-
-from harness.emulator import SiftEmulator  # noqa: E402
-from harness.server import EmulatorServer, Kube  # noqa: E402
-from sift_operator.broker import BrokerServer, start_broker  # noqa: E402
-from sift_operator.broker.auth import TOKENREVIEW_PATH  # noqa: E402
-from sift_operator.broker.tls import BrokerTLS, make_self_signed  # noqa: E402
-from sift_operator.kube import Connection  # noqa: E402
-from sift_operator.kube import Kube as AsyncKube  # noqa: E402
-from sift_operator.settings import OperatorSettings  # noqa: E402
-from storage_servers import CANARY_KEY_ID, CANARY_SECRET, Server, moto_process  # noqa: E402
-
-AUDIENCE = "sift.dev/broker"
-
-
-@attrs.define(kw_only=True)
-class TokenReviewEmulator(SiftEmulator):
-    """The emulator plus ``POST tokenreviews``: tokens the test registered, with audiences."""
-
-    tokens: dict[str, tuple[str, tuple[str, ...]]] = attrs.field(factory=dict, init=False)
-    reviews: list[dict[str, Any]] = attrs.field(factory=list, init=False)
-
-    async def _handle(self, request: Any) -> Any:
-        if str(request.url.path) == TOKENREVIEW_PATH and str(request.method.value) == "POST":
-            return self._review(request.data)
-        return await super()._handle(request)
-
-    def _review(self, body: Any) -> Any:
-        spec = (body or {}).get("spec") or {}
-        self.reviews.append({"audiences": spec.get("audiences")})  # never the token
-        wanted = tuple(spec.get("audiences") or ())
-        found = self.tokens.get(str(spec.get("token")))
-        status: dict[str, Any] = {"authenticated": False, "error": "invalid bearer token"}
-        if found is not None:
-            username, audiences = found
-            common = [a for a in wanted if a in audiences] if wanted else list(audiences)
-            if common:
-                status = {
-                    "authenticated": True,
-                    "audiences": common,
-                    "user": {"username": username, "groups": ["system:serviceaccounts"]},
-                }
-        answer = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": {}}
-        return aiohttp.web.json_response({**answer, "status": status}, status=201)
-
-
-class ReviewingServer(EmulatorServer):
-    def __init__(self) -> None:
-        super().__init__()
-        self.emulator = TokenReviewEmulator()
-
-
-@dataclass
-class BrokerThread:
-    """The broker (the operator's code) on its own event loop in a thread."""
-
-    api_url: str
-    settings: OperatorSettings
-    tls: BrokerTLS
-    server: BrokerServer | None = None
-    loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.new_event_loop)
-    thread: threading.Thread | None = None
-
-    def __enter__(self) -> BrokerThread:
-        self.thread = threading.Thread(target=self.loop.run_forever, name="broker", daemon=True)
-        self.thread.start()
-        self.kube = AsyncKube(Connection(self.api_url, None, lambda: "operator-token"))
-        self.server = self.call(
-            start_broker(self.settings, self.kube, tls=self.tls, host="127.0.0.1", port=0)
-        )
-        return self
-
-    def call(self, coro: Any) -> Any:
-        future: Future[Any] = asyncio.run_coroutine_threadsafe(coro, self.loop)
-        return future.result(30)
-
-    @property
-    def url(self) -> str:
-        assert self.server is not None
-        return f"https://127.0.0.1:{self.server.port}"
-
-    def __exit__(self, *exc: object) -> None:
-        if self.server is not None:
-            self.call(self.server.stop())
-        self.call(self.kube.close())
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        assert self.thread is not None
-        self.thread.join(10)
-        self.loop.close()
+from brokerkit import BrokerThread, ReviewingServer
+from harness.server import Kube
+from sift_operator.broker.tls import BrokerTLS, make_self_signed
+from sift_operator.settings import OperatorSettings
+from storage_servers import Server, moto_process
 
 
 @pytest.fixture(scope="session")
@@ -139,32 +43,3 @@ def broker(api: ReviewingServer, tls: BrokerTLS) -> Iterator[BrokerThread]:
     )
     with BrokerThread(api.url, settings, tls) as thread:
         yield thread
-
-
-def s3_secret(namespace: str, name: str = "s3-creds") -> dict[str, Any]:
-    def b64(text: str) -> str:
-        return base64.b64encode(text.encode()).decode()
-
-    return {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": name, "namespace": namespace},
-        "data": {"accessKeyId": b64(CANARY_KEY_ID), "secretAccessKey": b64(CANARY_SECRET)},
-    }
-
-
-def s3_run(namespace: str, name: str, endpoint: str, bucket: str) -> dict[str, Any]:
-    loc = {"bucket": bucket, "endpoint": endpoint, "region": "us-east-1"}
-    return {
-        "apiVersion": "sift.dev/v1alpha1",
-        "kind": "SelectionRun",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {
-            "datasource": {
-                "input": {"s3": {**loc, "prefix": f"{name}/in/"}, "credentialsSecret": "s3-creds"},
-                "output": {"s3": {**loc, "prefix": "out/"}, "credentialsSecret": "s3-creds"},
-            },
-            "input": {"type": "images", "embeddings": {"model": "tiny"}},
-            "selection": {"nSamples": 2},
-        },
-    }

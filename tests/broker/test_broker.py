@@ -22,9 +22,10 @@ from typing import Any
 import boto3
 import httpx
 import pytest
-from conftest import AUDIENCE, BrokerThread, ReviewingServer, s3_run, s3_secret
+from brokerkit import AUDIENCE, BrokerThread, ReviewingServer, s3_run, s3_secret
 from harness.server import Kube
 from sift_operator.broker import broker_tls
+from sift_operator.broker.metrics import REQUESTS
 from sift_operator.broker.tls import BrokerTLS, make_self_signed
 from sift_operator.settings import OperatorSettings
 from sift_worker.broker_client import BrokerClient, BrokerError, BrokerSigner, fetcher_for
@@ -138,6 +139,7 @@ def test_a_token_for_run_a_never_gets_a_url_for_run_b_or_outside_the_prefix(
             call()
         assert err.value.status == 403
         assert "sift-alpha" in str(err.value)
+    assert REQUESTS.labels("inputs_sign", "Forbidden")._value.get() >= 1
     c.close()
     own = client(broker, tls, tmp_path, world.tokens["alpha"], world.ns, "alpha")
     for bad in ("../../beta/in/a.jpg", "/beta/in/a.jpg", "c/../../../beta/in/a.jpg", "a\\b", ""):

@@ -14,7 +14,7 @@ from typing import Any
 import boto3
 import pytest
 import yaml
-from conftest import ReviewingServer, s3_secret
+from brokerkit import ReviewingServer, s3_secret
 from harness.cluster import condition, free_port
 from harness.node import Node
 from harness.operator import OperatorProcess

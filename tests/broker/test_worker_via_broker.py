@@ -12,7 +12,7 @@ from typing import Any
 import boto3
 import pytest
 import yaml
-from conftest import AUDIENCE, BrokerThread, ReviewingServer, s3_secret
+from brokerkit import AUDIENCE, BrokerThread, ReviewingServer, s3_secret
 from harness.server import Kube
 from sift_operator.broker.tls import BrokerTLS
 from sift_worker.api.v1alpha1 import SelectionRun

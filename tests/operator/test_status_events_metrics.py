@@ -202,7 +202,7 @@ def test_metric_names_and_bounded_labels() -> None:
         "sift_operator_queue_wait_seconds",
         "sift_operator_run_duration_seconds",
     } <= set(families)
-    allowed = {"phase", "outcome", "le"}
+    allowed = {"phase", "outcome", "le", "endpoint", "result"}  # broker: fixed lists
     for name, samples in families.items():
         for sample in samples:
             assert set(sample.labels) <= allowed, (name, sample.labels)

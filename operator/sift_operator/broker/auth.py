@@ -15,6 +15,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from sift_operator.broker.metrics import TOKEN_REVIEWS
+
 __all__ = ["AuthError", "Identity", "TokenReviewer"]
 
 SA_PREFIX = "system:serviceaccount:"
@@ -64,8 +66,10 @@ class TokenReviewer:
         try:
             answer = await self.kube.request("POST", TOKENREVIEW_PATH, review)
         except Exception as exc:  # the API error never holds the token (it is in the body)
+            TOKEN_REVIEWS.labels("error").inc()
             raise AuthError(f"the token could not be reviewed ({type(exc).__name__})") from None
         status = answer.get("status") or {}
+        TOKEN_REVIEWS.labels("authenticated" if status.get("authenticated") else "refused").inc()
         if not status.get("authenticated"):
             raise AuthError("the token is not valid")
         audiences = status.get("audiences")

@@ -43,6 +43,7 @@ from sift_worker.storage import (
 )
 
 from sift_operator import names
+from sift_operator.broker import metrics
 from sift_operator.broker.auth import AuthError, Identity, TokenReviewer
 from sift_operator.broker.runs import RunGoneError, RunInactiveError, RunSigners, SignerFor
 
@@ -129,17 +130,30 @@ class Broker:
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self.config.body_limit, middlewares=[self._errors])
         app.router.add_get("/healthz", self._healthz)
-        app.router.add_get(API + "/inputs", self._wrap(self._inputs))
-        app.router.add_post(API + "/inputs/sign", self._wrap(self._sign_inputs))
-        app.router.add_post(API + "/uploads/sign", self._wrap(self._sign_uploads))
-        app.router.add_post(API + "/uploads/post", self._wrap(self._upload_post))
-        app.router.add_get(API + "/hosts", self._wrap(self._hosts))
-        app.router.add_post(API + "/progress", self._wrap(self._report_progress))
+        add = app.router.add_route
+        add("GET", API + "/inputs", self._wrap(self._inputs), name="inputs")
+        add("POST", API + "/inputs/sign", self._wrap(self._sign_inputs), name="inputs_sign")
+        add("POST", API + "/uploads/sign", self._wrap(self._sign_uploads), name="uploads_sign")
+        add("POST", API + "/uploads/post", self._wrap(self._upload_post), name="uploads_post")
+        add("GET", API + "/hosts", self._wrap(self._hosts), name="hosts")
+        add("POST", API + "/progress", self._wrap(self._report_progress), name="progress")
         app.on_cleanup.append(self._flush_all)
         return app
 
     @web.middleware
     async def _errors(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        started = time.monotonic()
+        response = await self._answer(request, handler)
+        endpoint = request.match_info.route.name
+        if endpoint in metrics.ENDPOINTS:
+            outcome = "ok" if response.status < 400 else str(getattr(response, "kind", "error"))
+            metrics.REQUESTS.labels(endpoint, outcome).inc()
+            metrics.REQUEST_DURATION.observe(time.monotonic() - started)
+        return response
+
+    async def _answer(
         self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
         try:
@@ -335,11 +349,22 @@ class Broker:
                 slot.task.cancel()
 
 
+class _ErrorResponse(web.Response):
+    kind = "error"  # the error kind: a bounded label of the requests metric
+
+
 def _error(status: int, kind: str, reason: str, uri: str = "") -> web.Response:
     body: dict[str, Any] = {"error": {"kind": kind, "reason": reason}}
     if uri:
         body["error"]["uri"] = uri
-    return web.json_response(body, status=status, headers={"Cache-Control": "no-store"})
+    response = _ErrorResponse(
+        text=json.dumps(body),
+        status=status,
+        content_type="application/json",
+        headers={"Cache-Control": "no-store"},
+    )
+    response.kind = kind
+    return response
 
 
 def _output_uri(target: SignerFor) -> str:

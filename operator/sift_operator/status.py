@@ -49,6 +49,20 @@ class Problem:
 
 
 @dataclass(frozen=True)
+class StorageEgress:
+    """How the NetworkPolicy lets the worker reach its storage (found when the Job is made).
+
+    ``mode``: ``Pinned`` (spec.egress.storageCIDRs), ``Resolved`` (the hosts' addresses
+    at reconcile time) or ``None`` (the run uses no bucket).
+    """
+
+    mode: str
+    hosts: tuple[str, ...] = ()
+    cidrs: tuple[str, ...] = ()
+    unresolved: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Observed:
     generation: int
     job: Mapping[str, Any] | None
@@ -62,6 +76,7 @@ class Observed:
     report_job: Mapping[str, Any] | None = None  # the follow-up report Job, if any
     report_pods: Sequence[Mapping[str, Any]] = ()
     report_retry_seconds: int = 3600  # settings.report_retry_seconds
+    storage: StorageEgress | None = None  # None: not looked at in this reconcile
 
 
 # --- reading Jobs and Pods ---
@@ -360,6 +375,29 @@ def _unreachable_storage(run: Mapping[str, Any]) -> str:
     )
 
 
+def _shown(hosts: Sequence[str]) -> str:
+    return ", ".join(hosts[:4]) + (", ..." if len(hosts) > 4 else "")
+
+
+def storage_text(storage: StorageEgress) -> str:
+    """What the NetworkPolicy does for the run's storage, for EgressRestricted's message."""
+    if storage.mode == "Pinned":
+        return ". Storage: the CIDRs pinned in spec.egress.storageCIDRs"
+    if storage.mode != "Resolved":
+        return ""
+    if storage.unresolved:
+        return (
+            f". Storage: cannot resolve {_shown(storage.unresolved)}, so the worker cannot "
+            "reach it where the CNI enforces NetworkPolicy: set spec.egress.storageCIDRs "
+            "or use egress.mode cilium"
+        )
+    return (
+        f". Storage: {_shown(storage.hosts)} at the {len(storage.cidrs)} address(es) they "
+        "resolved to when the Job was created; addresses that change later are not "
+        "allowed: pin spec.egress.storageCIDRs or use egress.mode cilium"
+    )
+
+
 def is_terminal(status: Mapping[str, Any] | None) -> bool:
     """Succeeded or Failed: the run is over; its Job must never be created again."""
     return conds.is_true(status, conds.SUCCEEDED) or conds.is_true(status, conds.FAILED)
@@ -501,7 +539,14 @@ def desired_status(run: Mapping[str, Any], observed: Observed, now: datetime) ->
     egress = conds.valid_reason(observed.egress, "NoPolicy")
     if egress in conds.EGRESS_ENFORCED:
         text = _EGRESS_TEXT[egress]
-        if egress == conds.EGRESS_NETWORK_POLICY:
+        before = old_conds.get(conds.EGRESS_RESTRICTED)
+        if egress != conds.EGRESS_NETWORK_POLICY:
+            pass
+        elif observed.storage is not None:
+            text += storage_text(observed.storage)
+        elif before is not None and before.get("reason") == egress and job is not None:
+            text = str(before.get("message") or text)  # what was found when the Job was made
+        else:
             text += _unreachable_storage(run)
         restricted = cond(conds.EGRESS_RESTRICTED, True, egress, text)
     else:

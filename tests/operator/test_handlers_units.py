@@ -16,6 +16,7 @@ from sift_operator.handlers.reconcile import Options, Reconciler, resolve_host, 
 from sift_operator.handlers.workqueue import WorkQueue
 from sift_operator.kube import ApiError
 from sift_operator.settings import OperatorSettings
+from sift_operator.status import storage_text
 from sift_worker.api.v1alpha1 import SelectionRunSpec
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
@@ -271,3 +272,45 @@ def test_the_operator_runtime_imports_no_torch() -> None:
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_storage_cidrs_are_resolved_unless_pinned_and_unresolvable_hosts_are_named() -> None:
+    async def resolver(host: str) -> list[str]:
+        if host.endswith("bad.example.com"):
+            raise OSError("NXDOMAIN")
+        return ["203.0.113.9/32"]  # the endpoint and its virtual-host name
+
+    def s3(endpoint: str) -> dict[str, Any]:
+        return {"s3": {"bucket": "bkt", "endpoint": endpoint}}
+
+    async def main() -> None:
+        rec = _reconciler(resolver)
+        run, spec = _spec(
+            datasource={
+                "input": s3("https://good.example.com"),
+                "output": {"volume": {"path": "o"}},
+            }
+        )
+        found = await rec.storage_cidrs(run, spec)
+        assert (found.mode, found.cidrs, found.unresolved) == ("Resolved", ("203.0.113.9/32",), ())
+        assert "good.example.com at the 1 address(es)" in storage_text(found)
+        run, spec = _spec(
+            datasource={"input": s3("https://bad.example.com"), "output": {"volume": {"path": "o"}}}
+        )
+        found = await rec.storage_cidrs(run, spec)
+        assert (found.cidrs, found.unresolved) == ((), ("bad.example.com", "bkt.bad.example.com"))
+        assert "cannot resolve bad.example.com, bkt.bad.example.com" in storage_text(found)
+        run, spec = _spec(
+            datasource={
+                "input": s3("https://bad.example.com"),
+                "output": {"volume": {"path": "o"}},
+            },
+            egress={"storageCIDRs": ["10.0.0.0/8"]},
+        )
+        assert (await rec.storage_cidrs(run, spec)).mode == "Pinned"
+        run, spec = _spec()  # volumes only: no storage host
+        found = await rec.storage_cidrs(run, spec)
+        assert found.mode == "None"
+        assert storage_text(found) == ""
+
+    asyncio.run(main())

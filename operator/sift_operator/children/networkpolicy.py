@@ -51,7 +51,11 @@ def api_host(run: Mapping[str, Any], settings: OperatorSettings) -> str | None:
 def _s3_hosts(bucket: str, region: str | None, endpoint: str | None) -> list[tuple[str, int]]:
     if endpoint:
         host, port = _host_port(endpoint)
-        return [(host, port), (f"{bucket}.{host}", port)]
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            return [(host, port), (f"{bucket}.{host}", port)]
+        return [(host, port)]  # an IP address has no virtual-host form
     base = f"s3.{region}.amazonaws.com" if region else "s3.amazonaws.com"
     return [(base, HTTPS), (f"{bucket}.{base}", HTTPS)]
 

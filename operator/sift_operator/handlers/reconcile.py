@@ -39,7 +39,13 @@ from sift_worker.api.v1alpha1 import SelectionRunSpec
 
 from sift_operator import conditions as conds
 from sift_operator import metrics
-from sift_operator.children import InvalidRunError, api_host, desired_children, parse_spec
+from sift_operator.children import (
+    InvalidRunError,
+    api_host,
+    desired_children,
+    parse_spec,
+    storage_hosts,
+)
 from sift_operator.children.reportjob import build_report_job, report_job_name
 from sift_operator.events import transition_events
 from sift_operator.handlers.admission import Admission, kueue_managed
@@ -48,7 +54,7 @@ from sift_operator.handlers.observe import Key, Obj, Views, job_finished, job_su
 from sift_operator.kube import ApiError, Kube, TTLCache
 from sift_operator.names import child_name
 from sift_operator.settings import OperatorSettings
-from sift_operator.status import Observed, Problem, desired_status, is_terminal
+from sift_operator.status import Observed, Problem, StorageEgress, desired_status, is_terminal
 
 log = logging.getLogger("sift.operator")
 
@@ -168,27 +174,53 @@ class Reconciler:
         host = api_host(run, self.settings)
         if host is None:
             return [], []
+        try:
+            return list(await self.lookup(host)), []
+        except (OSError, TimeoutError, UnicodeError) as exc:
+            return [], [
+                Problem(
+                    API_HOST_UNRESOLVED,
+                    f"cannot resolve the results API host {host} for the egress policy "
+                    f"({type(exc).__name__}); pin spec.egress.apiCIDRs or fix DNS",
+                )
+            ]
+
+    async def storage_cidrs(self, run: Obj, spec: SelectionRunSpec) -> StorageEgress:
+        """The storage hosts' addresses for the NetworkPolicy, unless the spec pins CIDRs.
+
+        A host that does not resolve does not hold the run back (a CNI that does not
+        enforce NetworkPolicy lets the worker through anyway); the condition names it.
+        """
+        if spec.egress.storage_cidrs:
+            return StorageEgress("Pinned")
+        hosts = storage_hosts(run)
+        if not hosts:
+            return StorageEgress("None")
+        cidrs: set[str] = set()
+        unresolved: list[str] = []
+        for host in hosts:
+            try:
+                cidrs.update(await self.lookup(host))
+            except (OSError, TimeoutError, UnicodeError):
+                unresolved.append(host)
+        return StorageEgress(
+            "Resolved", hosts=tuple(hosts), cidrs=tuple(sorted(cidrs)), unresolved=tuple(unresolved)
+        )
+
+    async def lookup(self, host: str) -> tuple[str, ...]:
+        """A host's CIDRs, cached for ``dns_ttl_seconds``; one lookup at a time per host."""
         cached = self.dns.get(host)
         if cached is not None:
-            return list(cached), []
+            return tuple(cached)
         async with self.dns.lock(host):
             cached = self.dns.get(host)
             if cached is not None:
-                return list(cached), []
-            try:
-                cidrs = tuple(await asyncio.wait_for(self.resolver(host), 10))
-            except (OSError, TimeoutError, UnicodeError) as exc:
-                return [], [
-                    Problem(
-                        API_HOST_UNRESOLVED,
-                        f"cannot resolve the results API host {host} for the egress policy "
-                        f"({type(exc).__name__}); pin spec.egress.apiCIDRs or fix DNS",
-                    )
-                ]
+                return tuple(cached)
+            cidrs = tuple(await asyncio.wait_for(self.resolver(host), 10))
             if not cidrs:
-                return [], [Problem(API_HOST_UNRESOLVED, f"{host} has no addresses")]
+                raise OSError(f"{host} has no addresses")
             self.dns.put(host, cidrs)
-            return list(cidrs), []
+            return cidrs
 
     # --- writes ---
 
@@ -267,6 +299,7 @@ class Reconciler:
         problems: list[Problem] = []
         waiting = False
         egress = conds.EGRESS_NETWORK_POLICY
+        storage: StorageEgress | None = None
         retry = False
 
         try:
@@ -294,12 +327,16 @@ class Reconciler:
                 if not problems:
                     cidrs, found = await self.api_cidrs(run, spec)
                     problems += found
+                if not problems:
+                    storage = await self.storage_cidrs(run, spec)
                 if problems:
                     self.admission.blocked.add(key)
                     retry = True
                 else:
                     self.admission.blocked.discard(key)
-                    job, found, waiting = await self._start(key, run, spec, cidrs, kueue)
+                    job, found, waiting = await self._start(
+                        key, run, spec, cidrs, list(storage.cidrs) if storage else [], kueue
+                    )
                     problems += found
                     retry = bool(found)
             elif job is not None and not kueue and not job_finished(job):
@@ -322,6 +359,7 @@ class Reconciler:
             problems=problems,
             egress=egress,
             spec_change_ignored=spec_changed,
+            storage=storage,
             report_job=report_job,
             report_pods=report_pods,
             report_retry_seconds=self.settings.report_retry_seconds,
@@ -376,24 +414,34 @@ class Reconciler:
         )
 
     async def _start(
-        self, key: Key, run: Obj, spec: SelectionRunSpec, cidrs: list[str], kueue: bool
+        self,
+        key: Key,
+        run: Obj,
+        spec: SelectionRunSpec,
+        cidrs: list[str],
+        storage_cidrs: list[str],
+        kueue: bool,
     ) -> tuple[Obj | None, list[Problem], bool]:
         """Create the children; returns (job, problems, waiting_for_slot)."""
         if kueue or spec.suspend or not self.admission.enabled:
-            job, problems = await self._create(key, run, cidrs, suspend=kueue or spec.suspend)
+            job, problems = await self._create(
+                key, run, cidrs, storage_cidrs, suspend=kueue or spec.suspend
+            )
             return job, problems, False
         async with self.admission.lock:
             waiting = not self.admission.may_run(key, self.views)
-            job, problems = await self._create(key, run, cidrs, suspend=waiting)
+            job, problems = await self._create(key, run, cidrs, storage_cidrs, suspend=waiting)
             if problems or job is None:
                 self.admission.pending.discard(key)
             return job, problems, waiting
 
     async def _create(
-        self, key: Key, run: Obj, cidrs: list[str], *, suspend: bool
+        self, key: Key, run: Obj, cidrs: list[str], storage_cidrs: list[str], *, suspend: bool
     ) -> tuple[Obj | None, list[Problem]]:
         try:
-            children = desired_children(run, self.settings, api_cidrs=cidrs, suspend=suspend)
+            children = desired_children(
+                run, self.settings, api_cidrs=cidrs, storage_cidrs=storage_cidrs, suspend=suspend
+            )
         except InvalidRunError as exc:
             return None, [Problem(conds.INVALID_SPEC, str(exc))]
         job_obj = children.job

@@ -114,3 +114,29 @@ def transition_events(
         if event is not None:
             events.append(event)
     return events
+
+
+# Normal events that only say where a new run stands; merged into the event of the same
+# reconcile that says more (one API write instead of up to three for a new run).
+_ABSORBED = frozenset({"Accepted", conds.EGRESS_RESTRICTED})
+
+
+def merged(events: list[EventSpec]) -> list[EventSpec]:
+    """The Normal events of one reconcile as one Event; Warnings stay on their own.
+
+    The merged event keeps the reason of the most telling Normal event (``JobCreated``
+    rather than ``Accepted``) and carries every message, reason-prefixed.
+    """
+    normal = [e for e in events if e.type == "Normal"]
+    if len(normal) < 2:
+        return events
+    lead = next((e for e in normal if e.reason not in _ABSORBED), normal[0])
+    parts = [lead.message] + [f"{e.reason}: {e.message}" for e in normal if e is not lead]
+    one = _event("Normal", lead.reason, "; ".join(parts))
+    out: list[EventSpec] = []
+    for e in events:
+        if e.type != "Normal":
+            out.append(e)
+        elif e is normal[0]:
+            out.append(one)
+    return out

@@ -8,7 +8,7 @@ import prometheus_client
 import pytest
 from golden import CANARY, ROOT
 from sift_operator import conditions, metrics
-from sift_operator.events import EventSpec, transition_events
+from sift_operator.events import EventSpec, merged, transition_events
 from sift_operator.settings import OperatorSettings
 from sift_operator.status import Observed, Problem, desired_status
 from test_status import CASES, T0, _render, job, run
@@ -261,3 +261,22 @@ def test_docs_list_every_metric_and_setting() -> None:
         assert f"`{name}`" in DOC, name
     for field in OperatorSettings.model_fields:
         assert f"SIFT_{field.upper()}" in DOC, field
+
+
+def test_normal_events_of_one_reconcile_are_merged_warnings_are_not() -> None:
+    accepted = EventSpec("Normal", "Accepted", "the spec is valid")
+    created = EventSpec("Normal", "JobCreated", "created the worker Job")
+    egress = EventSpec("Normal", "EgressRestricted", "NetworkPolicy: ...")
+    warning = EventSpec("Warning", "QuotaExceeded", "no quota")
+    (one,) = merged([accepted, created, egress])
+    assert one.reason == "JobCreated"
+    assert one.message == (
+        "created the worker Job; Accepted: the spec is valid; EgressRestricted: NetworkPolicy: ..."
+    )
+    out = merged([accepted, warning, egress])
+    assert [(e.type, e.reason) for e in out] == [
+        ("Normal", "Accepted"),
+        ("Warning", "QuotaExceeded"),
+    ]
+    assert "EgressRestricted: " in out[0].message
+    assert merged([warning, created]) == [warning, created]

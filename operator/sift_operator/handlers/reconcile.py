@@ -47,7 +47,7 @@ from sift_operator.children import (
     storage_hosts,
 )
 from sift_operator.children.reportjob import build_report_job, report_job_name
-from sift_operator.events import transition_events
+from sift_operator.events import merged, transition_events
 from sift_operator.handlers.admission import Admission, kueue_managed
 from sift_operator.handlers.eventing import EventRecorder
 from sift_operator.handlers.observe import Key, Obj, Views, job_finished, job_suspended
@@ -373,7 +373,8 @@ class Reconciler:
             answer = await self.kube.merge_patch(run, {"status": patch}, "status")
             self.views.run_writes.put(key, answer)
             events = [
-                (e.type, e.reason, e.message) for e in transition_events(old_status, new_status)
+                (e.type, e.reason, e.message)
+                for e in merged(transition_events(old_status, new_status))
             ]
             self.recorder.post_soon(run, events, now)  # off the reconcile's critical path
             self._record_metrics(run, old_status, new_status, now)

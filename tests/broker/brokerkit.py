@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import sys
 import threading
 from concurrent.futures import Future
@@ -29,6 +30,10 @@ from sift_operator.settings import OperatorSettings  # noqa: E402
 from storage_servers import CANARY_KEY_ID, CANARY_SECRET  # noqa: E402
 
 AUDIENCE = "sift.dev/broker"
+
+# the emulator's per-request access lines are noise, and an in-process `sift-worker run`
+# of an earlier test may have left a root handler on a stream pytest has closed since
+logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
 @attrs.define(kw_only=True)

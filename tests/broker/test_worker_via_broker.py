@@ -4,6 +4,7 @@ no storage credential, and the artifacts land under <prefix><ns>/<name>/<uid>/."
 from __future__ import annotations
 
 import json
+import logging
 import os
 import uuid
 from pathlib import Path
@@ -97,7 +98,13 @@ def test_worker_runs_through_the_broker_with_no_credential(
     worker_files = [manifest.read_text(), *env.values(), *os.environ.values()]
     assert not any(CANARY_SECRET in text or CANARY_KEY_ID in text for text in worker_files)
 
-    assert main(["run", str(manifest), "--log-format", "json"]) == EXIT_OK
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        assert main(["run", str(manifest), "--log-format", "json"]) == EXIT_OK
+    finally:  # the CLI configures the root logger for its process: undo it for later tests
+        root.handlers[:] = handlers
+        root.setLevel(level)
     logs = capfd.readouterr().err
     prefix = f"sift/{ns}/{name}/{uid}/"
     listed = s3.list_objects_v2(Bucket=bucket, Prefix="sift/").get("Contents", [])

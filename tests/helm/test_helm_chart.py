@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import tarfile
 from typing import Any
 
 import kubernetes_validate
@@ -277,3 +278,12 @@ def test_crds_folder_holds_the_generated_crd_and_kopf_peering() -> None:
     names = [d["metadata"]["name"] for d in kopf]
     assert names == ["clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev"]
     # selectionrun.yaml == `sift-operator crd`: tests/test_api.py (the drift test)
+
+
+def test_helm_package_holds_the_crds_schema_and_notes(helm4: Helm, tmp_path: Any) -> None:
+    helm4.run("package", str(CHART), "--destination", str(tmp_path))
+    (archive,) = tmp_path.glob("sift-*.tgz")
+    with tarfile.open(archive) as tar:
+        names = set(tar.getnames())
+    for member in ("crds/selectionrun.yaml", "values.schema.json", "templates/NOTES.txt"):
+        assert f"sift/{member}" in names, member

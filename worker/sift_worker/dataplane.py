@@ -15,6 +15,7 @@ runs in a cluster) and moves every byte through the guarded
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import mimetypes
 import os
@@ -47,6 +48,7 @@ class RemoteInput:
         self.signer = signer
         self.fetcher = fetcher
         self.storage: Storage = signer.input
+        self.listing_digest = ""  # SHA-256 of the accepted keys and sizes (checkpoint guard)
 
     def uri(self, key: str = "") -> str:
         return self.storage.uri(key)
@@ -54,7 +56,13 @@ class RemoteInput:
     def list(self, extensions: frozenset[str], relevant: Container[str] | None) -> list[str]:
         """Every accepted key in order; :class:`~sift_worker.storage.EmptyInputError` if none."""
         keep = ListFilter(extensions=extensions, relevant=relevant)
-        return [o.key for o in self.storage.require_objects(keep)]
+        digest = hashlib.sha256()
+        keys = []
+        for o in self.storage.require_objects(keep):
+            keys.append(o.key)
+            digest.update(f"{o.key}\0{o.size}\0".encode())
+        self.listing_digest = digest.hexdigest()
+        return keys
 
     def read_bytes(self, name: str) -> bytes:
         """The object's bytes; a listed object that is gone reads as a corrupt sample."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -18,6 +19,9 @@ from sift_worker.imaging import CorruptImage
 from sift_worker.models import EmbeddingModel, embed_batch
 from sift_worker.progress import StageProgress
 from sift_worker.sources.samples import ObjectReader, SampleRef, iter_decoded_samples
+
+if TYPE_CHECKING:
+    from sift_worker.checkpoint import Checkpoint
 
 
 @dataclass
@@ -56,14 +60,30 @@ def embed_samples(
     expected: int = 0,
     every_n: int = 1,
     max_frames: int | None = None,
+    checkpoint: Checkpoint | None = None,
 ) -> Embedded:
-    """Embed every sample; videos expand into frames (``every_n``, ``max_frames``)."""
+    """Embed every sample; videos expand into frames (``every_n``, ``max_frames``).
+
+    With a ``checkpoint``, chunks a previous attempt saved are loaded instead of
+    embedded, and each chunk of ``checkpoint.chunk_samples`` samples is saved once done.
+    """
     size = model.input_size
     rows = _Rows(model.embedding_dim, expected)
     batch = np.empty((batch_size, 3, size, size), dtype=np.uint8)
     refs: list[SampleRef] = []
     corrupt: list[tuple[str, str]] = []
     filled = 0
+    todo: list[str | SampleRef] = list(samples)
+    start = 0
+    if checkpoint is not None:
+        for chunk in checkpoint.load(model.embedding_dim):
+            rows.extend(chunk.vectors)
+            refs += chunk.refs
+            corrupt += chunk.corrupt
+            stage.advance(len(chunk.refs) + len(chunk.corrupt))
+            start += checkpoint.chunk_samples
+        start = min(start, len(todo))
+    saver = _ChunkSaver(checkpoint, start, len(todo), rows, refs, corrupt)
 
     def flush() -> None:
         nonlocal filled
@@ -74,7 +94,7 @@ def embed_samples(
 
     stream = iter_decoded_samples(
         root,
-        samples,
+        todo[start:],
         size,
         workers=decode_workers,
         window=max(2 * batch_size, 4 * decode_workers),
@@ -82,6 +102,9 @@ def embed_samples(
         max_frames=max_frames,
     )
     for ref, item in stream:
+        if saver.crossing(todo, ref):
+            flush()
+            saver.save_done()
         if isinstance(item, CorruptImage):
             corrupt.append((ref.id, item.reason))
             stage.advance(1)
@@ -92,7 +115,72 @@ def embed_samples(
         if filled == batch_size:
             flush()
     flush()
+    saver.finish()
     return Embedded([r.id for r in refs], rows.data[: rows.size], corrupt, refs)
+
+
+class _ChunkSaver:
+    """Tracks which input sample the stream is at and saves each finished chunk.
+
+    The stream yields refs in input order; a sample yields one ref or more (video
+    frames), or none. Reaching a ref of a sample past the current chunk means every
+    sample of that chunk is done (after the caller flushed the batch).
+    """
+
+    def __init__(
+        self,
+        checkpoint: Checkpoint | None,
+        start: int,
+        total: int,
+        rows: _Rows,
+        refs: list[SampleRef],
+        corrupt: list[tuple[str, str]],
+    ) -> None:
+        self.checkpoint = checkpoint
+        self.size = checkpoint.chunk_samples if checkpoint else 0
+        self.index = start // self.size if self.size else 0
+        self.at = start  # the input sample the stream is at
+        self.total = total
+        self.rows, self.refs, self.corrupt = rows, refs, corrupt
+        self.marks = (rows.size, len(refs), len(corrupt))  # where the current chunk began
+
+    def crossing(self, todo: list[str | SampleRef], ref: SampleRef) -> bool:
+        if self.checkpoint is None:
+            return False
+        while not _belongs(todo[self.at], ref):
+            self.at += 1
+            if self.at >= self.total:
+                raise RuntimeError(f"sample {ref.id} is not in the input list")
+        return self.at >= (self.index + 1) * self.size
+
+    def save_done(self) -> None:
+        """Save every chunk that ends at or before the current sample."""
+        while self.checkpoint is not None and self.at >= (self.index + 1) * self.size:
+            self._save()
+
+    def finish(self) -> None:
+        while self.checkpoint is not None and self.index * self.size < self.total:
+            self._save()
+
+    def _save(self) -> None:
+        from sift_worker.checkpoint import Chunk
+
+        assert self.checkpoint is not None
+        r0, f0, c0 = self.marks
+        self.checkpoint.save(
+            self.index,
+            Chunk(
+                self.rows.data[r0 : self.rows.size].copy(),
+                self.refs[f0:],
+                self.corrupt[c0:],
+            ),
+        )
+        self.index += 1
+        self.marks = (self.rows.size, len(self.refs), len(self.corrupt))
+
+
+def _belongs(sample: str | SampleRef, ref: SampleRef) -> bool:
+    return ref == sample if isinstance(sample, SampleRef) else ref.file == sample
 
 
 def embed_folder(

@@ -6,8 +6,11 @@ times them and reports progress, so each stage stays testable on its own.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 import platform
+import shutil
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -24,6 +27,14 @@ import torch
 from sift_worker import explain
 from sift_worker.api.v1alpha1 import SelectionRun
 from sift_worker.capabilities import unsupported_features
+from sift_worker.checkpoint import (
+    CHECKPOINT_DIR,
+    BucketCheckpointStore,
+    Checkpoint,
+    CheckpointStore,
+    VolumeCheckpointStore,
+    listing_digest,
+)
 from sift_worker.config import ConfigError
 from sift_worker.dataplane import DataPlane, RemoteInput, open_data_plane
 from sift_worker.datapool import PoolError, save_pool
@@ -61,6 +72,7 @@ log = logging.getLogger("sift.run")
 
 REPORT_THUMBNAILS = 500
 REMOTE_EXTRA_WORKERS = 6  # fetch threads beyond the decode workers for object storage
+CHECKPOINT_SAMPLES = 1024  # embeddings are saved every this many input samples
 
 
 @dataclass(frozen=True)
@@ -156,6 +168,7 @@ def _embed(
     settings: RunSettings,
     progress: Progress,
     timer: _Timer,
+    store: CheckpointStore | None = None,
 ) -> tuple[SamplePlan, Embedded, str]:
     spec = run.spec.input
     emb = spec.embeddings
@@ -202,6 +215,7 @@ def _embed(
     model_desc = f"{emb.model} ({'weights: ' + weights.name if weights else 'random init, seed 0'})"
     total = None if spec.type == "videos" else len(plan.samples)
     frames = spec.frames
+    checkpoint = _checkpoint(run, store, plan, weights, settings, input_dir)
     with timer("embed"), progress.stage("embedding", total) as stage:
         embedded = embed_samples(
             input_dir,
@@ -215,10 +229,49 @@ def _embed(
             expected=total or 0,
             every_n=frames.every_n_frames if frames else 1,
             max_frames=frames.max_frames_per_video if frames else None,
+            checkpoint=checkpoint,
         )
     for name, reason in embedded.corrupt:
         log.warning("skipped corrupt sample %s: %s", name, reason)
     return plan, embedded, model_desc
+
+
+def _checkpoint(
+    run: SelectionRun,
+    store: CheckpointStore | None,
+    plan: SamplePlan,
+    weights: Path | None,
+    settings: RunSettings,
+    input_dir: Path | RemoteInput,
+) -> Checkpoint | None:
+    """The run's embedding checkpoint (``SIFT_CHECKPOINT_SAMPLES``: chunk size, 0: off)."""
+    raw = os.environ.get("SIFT_CHECKPOINT_SAMPLES", str(CHECKPOINT_SAMPLES))
+    try:
+        every = int(raw)
+    except ValueError:
+        raise ConfigError(
+            settings.source, [f"SIFT_CHECKPOINT_SAMPLES: not a whole number: {raw[:20]!r}"]
+        ) from None
+    if store is None or every <= 0:
+        return None
+    ids = [s if isinstance(s, str) else s.id for s in plan.samples]
+    parts = {
+        "input": run.spec.input.model_dump(mode="json", by_alias=True, exclude_none=True),
+        "weights": _file_sha256(weights) if weights else None,
+        "threads": settings.threads,
+        "chunkSamples": every,
+        "samples": listing_digest(ids),
+        "objects": input_dir.listing_digest if isinstance(input_dir, RemoteInput) else None,
+    }
+    return Checkpoint(store, parts, every)
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _thumbnail(input_dir: Path | RemoteInput, ref: SampleRef) -> bytes:
@@ -312,7 +365,12 @@ def _run_selection(
     timer = _Timer()
     torch.set_num_threads(settings.threads)
 
-    plan, embedded, model_desc = _embed(run, input_dir, relevant, settings, progress, timer)
+    store: CheckpointStore = (
+        BucketCheckpointStore(plane.upload.signer, plane.upload.fetcher)
+        if plane.upload is not None
+        else VolumeCheckpointStore(output_dir)
+    )
+    plan, embedded, model_desc = _embed(run, input_dir, relevant, settings, progress, timer, store)
     sel = run.spec.selection
     with timer("select"):
         stage, values, value_problems = _select(
@@ -457,4 +515,6 @@ def _run_selection(
         ],
     }
     atomic_write_text(output_dir / "run.json", to_json(run_info))
+    if plane.upload is None:  # finished: the checkpoint has done its job (buckets keep it)
+        shutil.rmtree(output_dir / CHECKPOINT_DIR, ignore_errors=True)
     return summary

@@ -8,6 +8,8 @@ This is the API the in-cluster broker calls for a worker's request, and what a l
 * :meth:`RunSigner.sign_inputs` re-signs given keys (expiry refresh);
 * :meth:`RunSigner.sign_uploads` signs PUTs for keys under the output prefix only, and
   :meth:`RunSigner.sign_upload_post` an S3 POST policy with a ``starts-with`` condition;
+* :meth:`RunSigner.sign_output_reads` signs GETs under the output prefix (resuming
+  from a checkpoint);
 * :meth:`RunSigner.allowed_hosts` is the storage part of the worker's egress allowlist.
 
 Keys are relative to the location's prefix; anything that would leave it is refused
@@ -77,6 +79,13 @@ class RunSigner:
         types = list(content_types) if content_types is not None else [None] * len(keys)
         out = self.output
         return [out.sign_put(k, self.lifetime, t) for k, t in zip(keys, types, strict=True)]
+
+    def sign_output_reads(self, keys: Sequence[str]) -> list[SignedURL]:
+        """GETs for keys under the output prefix (a checkpoint a previous attempt wrote)."""
+        if self.output is None:
+            raise OutsidePrefixError(self.input.uri(), "this run has no output location")
+        self._check_count(keys)
+        return [self.output.sign_get(k, self.lifetime) for k in keys]
 
     def sign_upload_post(self, key_prefix: str = "") -> SignedPost:
         from sift_worker.storage.s3 import S3Storage

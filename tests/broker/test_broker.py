@@ -348,3 +348,19 @@ def test_a_request_that_outlives_the_timeout_gets_504(
         assert (err.value.status, err.value.kind) == (504, "Timeout")
         assert time.monotonic() - started < 3
         c.close()
+
+
+def test_a_volume_input_is_never_listed_from_the_operators_file_system(
+    broker: BrokerThread, tls: BrokerTLS, world: World, tmp_path: Path, kube: Kube, moto: Server
+) -> None:
+    run = s3_run(world.ns, "vol", moto.endpoint, world.bucket)
+    run["spec"]["datasource"]["input"] = {"volume": {"claimName": "data", "path": "/"}}
+    kube.create(run)
+    c = client(broker, tls, tmp_path, world.token("sift-vol"), world.ns, "vol")
+    for call in (lambda: c.input_page(None, 10), lambda: c.sign_inputs(["etc/passwd"])):
+        with pytest.raises(OutsidePrefixError) as err:
+            call()
+        assert "broker signs object storage only" in str(err.value)
+    [put] = c.sign_uploads(["selection.csv"])  # the S3 output is signed as usual
+    assert f"/{world.bucket}/out/{world.ns}/vol/" in put.url
+    c.close()

@@ -20,7 +20,16 @@ from typing import Any, Protocol
 
 from pydantic import ValidationError
 from sift_worker.api.v1alpha1 import API_VERSION, KIND, SelectionRunSpec, StorageLocation
-from sift_worker.storage import BadCredentialsError, ListFilter, RunSigner, open_storage
+from sift_worker.storage import (
+    BadCredentialsError,
+    ListFilter,
+    ObjectInfo,
+    OutsidePrefixError,
+    RunSigner,
+    SignedURL,
+    Storage,
+    open_storage,
+)
 
 from sift_operator import status as run_status
 
@@ -48,6 +57,41 @@ class SignerFor:
     run: dict[str, Any]  # apiVersion, kind, metadata (name, namespace, uid) only
     uid: str
     signer: RunSigner
+
+
+class MountedVolume(Storage):
+    """A location the worker mounts (a PVC): the broker lists and signs nothing there.
+
+    Never a VolumeStorage: that would walk the *operator's* file system at a path the
+    run's author chose.
+    """
+
+    scheme = "volume"
+
+    def __init__(self, role: str) -> None:
+        super().__init__(role, "", writable=False)
+        self.role = role
+
+    def uri(self, key: str = "") -> str:
+        return f"spec.datasource.{self.role}.volume"
+
+    def _refuse(self) -> OutsidePrefixError:
+        return OutsidePrefixError(
+            self.uri(), "a volume is mounted in the worker; the broker signs object storage only"
+        )
+
+    def list_page(
+        self, token: str | None = None, page_size: int = 1000
+    ) -> tuple[list[ObjectInfo], str | None]:
+        raise self._refuse()
+
+    def _sign(
+        self, method: str, key: str, full_key: str, lifetime: timedelta, content_type: str | None
+    ) -> SignedURL:
+        raise self._refuse()
+
+    def hosts(self) -> frozenset[str]:
+        return frozenset()
 
 
 def output_suffix(namespace: str, name: str, uid: str) -> str:
@@ -150,8 +194,12 @@ class RunSigners:
         def build() -> RunSigner:
             # no process environment: a location without credentialsSecret uses the
             # operator's ambient identity (boto3's chain: IRSA), as documented
-            in_store = open_storage(
-                ds.input, writable=False, secret=secrets["input"], lifetime=lifetime
+            in_store: Storage = (
+                MountedVolume("input")
+                if ds.input.volume is not None
+                else open_storage(
+                    ds.input, writable=False, secret=secrets["input"], lifetime=lifetime
+                )
             )
             out_store = None
             if ds.output.volume is None:

@@ -239,6 +239,8 @@ class Broker:
 
     async def _inputs(self, request: web.Request, target: SignerFor) -> dict[str, Any]:
         token = request.query.get("pageToken") or None
+        if token is not None and len(token) > 4096:
+            raise _RefusedError(400, "pageToken is too long", "BadRequest")
         try:
             size = int(request.query.get("pageSize", str(MAX_PAGE)))
         except ValueError:

@@ -6,6 +6,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from sift_worker.api.v1alpha1 import SelectionRunSpec
+
 from sift_operator.children.common import (
     GENERATION_ANNOTATION,
     KUEUE_QUEUE_LABEL,
@@ -17,6 +19,7 @@ from sift_operator.children.common import (
     parse_spec,
     run_labels,
     selector_labels,
+    spec_of,
 )
 from sift_operator.children.configmap import build_config_map, worker_manifest
 from sift_operator.children.job import build_job
@@ -77,15 +80,19 @@ def desired_children(
     api_cidrs: Sequence[str],
     storage_cidrs: Sequence[str] = (),
     suspend: bool,
+    spec: SelectionRunSpec | None = None,
 ) -> Children:
-    """Every child of ``run``. Raises ``InvalidRunError`` when the run cannot have children."""
-    parse_spec(run)  # one clear error before any builder runs
+    """Every child of ``run``. Raises ``InvalidRunError`` when the run cannot have children.
+
+    ``spec``: the run's spec already parsed (the handler parses it once per reconcile).
+    """
+    spec = spec_of(run, spec)  # one clear error before any builder runs
     return Children(
         service_account=build_service_account(run),
-        config_map=build_config_map(run, settings.broker_ca_pem),
+        config_map=build_config_map(run, settings.broker_ca_pem, spec=spec),
         network_policy=build_network_policy(
-            run, settings, api_cidrs=api_cidrs, storage_cidrs=storage_cidrs
+            run, settings, api_cidrs=api_cidrs, storage_cidrs=storage_cidrs, spec=spec
         ),
-        cilium_policy=build_cilium_policy(run, settings),
-        job=build_job(run, settings, suspend=suspend),
+        cilium_policy=build_cilium_policy(run, settings, spec=spec),
+        job=build_job(run, settings, suspend=suspend, spec=spec),
     )

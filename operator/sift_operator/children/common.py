@@ -36,6 +36,11 @@ def parse_spec(run: Mapping[str, Any]) -> SelectionRunSpec:
         raise InvalidRunError([f"spec.{p}" for p in describe_validation_error(exc)]) from None
 
 
+def spec_of(run: Mapping[str, Any], spec: SelectionRunSpec | None) -> SelectionRunSpec:
+    """``spec`` when the caller already parsed it (once per reconcile), else parsed now."""
+    return spec if spec is not None else parse_spec(run)
+
+
 def identity(run: Mapping[str, Any]) -> tuple[str, str, str]:
     """``(name, namespace, uid)``; all three are needed for namespaced owned children."""
     meta = run.get("metadata") or {}

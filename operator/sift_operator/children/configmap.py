@@ -23,7 +23,7 @@ from sift_operator.children.common import (
     child_metadata,
     generation,
     identity,
-    parse_spec,
+    spec_of,
 )
 
 CONFIG_KEY = "run.yaml"
@@ -66,20 +66,25 @@ def worker_spec(spec: SelectionRunSpec) -> dict[str, Any]:
     return doc
 
 
-def worker_manifest(run: Mapping[str, Any]) -> dict[str, Any]:
+def worker_manifest(run: Mapping[str, Any], spec: SelectionRunSpec | None = None) -> dict[str, Any]:
     name, namespace, uid = identity(run)
     return {
         "apiVersion": API_VERSION,
         "kind": KIND,
         "metadata": {"name": name, "namespace": namespace, "uid": uid},
-        "spec": worker_spec(parse_spec(run)),
+        "spec": worker_spec(spec_of(run, spec)),
     }
 
 
-def build_config_map(run: Mapping[str, Any], broker_ca_pem: str | None = None) -> Obj:
+def build_config_map(
+    run: Mapping[str, Any],
+    broker_ca_pem: str | None = None,
+    *,
+    spec: SelectionRunSpec | None = None,
+) -> Obj:
     # libyaml's emitter when present: the pure-Python one was the largest CPU cost per run
     dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
-    text = yaml.dump(worker_manifest(run), Dumper=dumper, sort_keys=False, width=100)
+    text = yaml.dump(worker_manifest(run, spec), Dumper=dumper, sort_keys=False, width=100)
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",

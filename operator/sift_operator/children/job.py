@@ -16,8 +16,8 @@ from sift_operator.children.common import (
     child_metadata,
     generation,
     identity,
-    parse_spec,
     run_labels,
+    spec_of,
 )
 from sift_operator.children.configmap import (
     BROKER_CA_KEY,
@@ -240,11 +240,17 @@ def pod_failure_policy(settings: OperatorSettings) -> Obj:
     }
 
 
-def build_job(run: Mapping[str, Any], settings: OperatorSettings, *, suspend: bool) -> Obj:
+def build_job(
+    run: Mapping[str, Any],
+    settings: OperatorSettings,
+    *,
+    suspend: bool,
+    spec: SelectionRunSpec | None = None,
+) -> Obj:
     """The Job. ``suspend`` is its initial state; the handler decides it (``spec.suspend``,
     the operator's own concurrency queue). With a Kueue queue it is always created
     suspended: Kueue admits it by unsuspending it."""
-    spec = parse_spec(run)
+    spec = spec_of(run, spec)
     name, _, _ = identity(run)
     worker = spec.worker
     volumes, mounts = _volumes(spec, name, settings)

@@ -15,7 +15,13 @@ from urllib.parse import urlsplit
 
 from sift_worker.api.v1alpha1 import ObjectLocation, SelectionRunSpec, StorageLocation
 
-from sift_operator.children.common import Obj, child_metadata, parse_spec, selector_labels
+from sift_operator.children.common import (
+    Obj,
+    child_metadata,
+    parse_spec,
+    selector_labels,
+    spec_of,
+)
 from sift_operator.settings import OperatorSettings
 
 NAMESPACE_LABEL = "kubernetes.io/metadata.name"
@@ -122,8 +128,9 @@ def build_network_policy(
     *,
     api_cidrs: Sequence[str],
     storage_cidrs: Sequence[str] = (),
+    spec: SelectionRunSpec | None = None,
 ) -> Obj:
-    spec = parse_spec(run)
+    spec = spec_of(run, spec)
     egress: list[Obj] = [
         {
             "to": [_peer(settings.dns_namespace, settings.dns_pod_labels)],
@@ -172,14 +179,16 @@ def _cilium_ports(ports: Iterable[int]) -> list[Obj]:
     return [{"ports": [{"port": str(p), "protocol": "TCP"} for p in sorted(set(ports))]}]
 
 
-def build_cilium_policy(run: Mapping[str, Any], settings: OperatorSettings) -> Obj | None:
+def build_cilium_policy(
+    run: Mapping[str, Any], settings: OperatorSettings, *, spec: SelectionRunSpec | None = None
+) -> Obj | None:
     """A CiliumNetworkPolicy with ``toFQDNs`` for ``egress.mode: cilium``, else ``None``.
 
     ``toFQDNs`` works only when DNS goes through Cilium's DNS proxy, so the DNS rule
     carries an L7 ``dns`` section; the proxy learns the addresses the allowed names
     resolve to and opens exactly those.
     """
-    spec = parse_spec(run)
+    spec = spec_of(run, spec)
     if spec.egress.mode != "cilium":
         return None
     egress: list[Obj] = [

@@ -39,13 +39,8 @@ from sift_worker.api.v1alpha1 import SelectionRunSpec
 
 from sift_operator import conditions as conds
 from sift_operator import metrics
-from sift_operator.children import (
-    InvalidRunError,
-    api_host,
-    desired_children,
-    parse_spec,
-    storage_hosts,
-)
+from sift_operator.children import InvalidRunError, desired_children, parse_spec
+from sift_operator.children.networkpolicy import api_endpoint, storage_endpoints
 from sift_operator.children.reportjob import build_report_job, report_job_name
 from sift_operator.events import merged, transition_events
 from sift_operator.handlers.admission import Admission, kueue_managed
@@ -171,9 +166,10 @@ class Reconciler:
     async def api_cidrs(self, run: Obj, spec: SelectionRunSpec) -> tuple[list[str], list[Problem]]:
         if spec.egress.api_cidrs:
             return list(spec.egress.api_cidrs), []
-        host = api_host(run, self.settings)
-        if host is None:
+        endpoint = api_endpoint(spec, self.settings)
+        if endpoint is None:
             return [], []
+        host = endpoint[0]
         try:
             return list(await self.lookup(host)), []
         except (OSError, TimeoutError, UnicodeError) as exc:
@@ -193,7 +189,7 @@ class Reconciler:
         """
         if spec.egress.storage_cidrs:
             return StorageEgress("Pinned")
-        hosts = storage_hosts(run)
+        hosts = sorted({host for host, _ in storage_endpoints(spec)})
         if not hosts:
             return StorageEgress("None")
         cidrs: set[str] = set()
@@ -426,22 +422,36 @@ class Reconciler:
         """Create the children; returns (job, problems, waiting_for_slot)."""
         if kueue or spec.suspend or not self.admission.enabled:
             job, problems = await self._create(
-                key, run, cidrs, storage_cidrs, suspend=kueue or spec.suspend
+                key, run, spec, cidrs, storage_cidrs, suspend=kueue or spec.suspend
             )
             return job, problems, False
         async with self.admission.lock:
             waiting = not self.admission.may_run(key, self.views)
-            job, problems = await self._create(key, run, cidrs, storage_cidrs, suspend=waiting)
+            job, problems = await self._create(
+                key, run, spec, cidrs, storage_cidrs, suspend=waiting
+            )
             if problems or job is None:
                 self.admission.pending.discard(key)
             return job, problems, waiting
 
     async def _create(
-        self, key: Key, run: Obj, cidrs: list[str], storage_cidrs: list[str], *, suspend: bool
+        self,
+        key: Key,
+        run: Obj,
+        spec: SelectionRunSpec,
+        cidrs: list[str],
+        storage_cidrs: list[str],
+        *,
+        suspend: bool,
     ) -> tuple[Obj | None, list[Problem]]:
         try:
             children = desired_children(
-                run, self.settings, api_cidrs=cidrs, storage_cidrs=storage_cidrs, suspend=suspend
+                run,
+                self.settings,
+                api_cidrs=cidrs,
+                storage_cidrs=storage_cidrs,
+                suspend=suspend,
+                spec=spec,
             )
         except InvalidRunError as exc:
             return None, [Problem(conds.INVALID_SPEC, str(exc))]

@@ -12,6 +12,11 @@ churn (batches of runs created, their Jobs awaited, then deleted).
 
     .venv/bin/python benchmarks/bench_operator.py                 # 500 runs
     .venv/bin/python benchmarks/bench_operator.py --runs 100 --churn-minutes 10
+    .venv/bin/python benchmarks/bench_operator.py --reference  # + the emulator alone
+
+``--reference`` first sends the operator's writes for the same number of runs from a
+plain client (no kopf, no watches): the emulator's own cost per request and the
+create-to-Job latency without the operator, printed as a ratio.
 """
 
 from __future__ import annotations
@@ -174,6 +179,98 @@ def burst(srv: EmulatorServer, kube: Kube, n: int, prefix: str) -> dict[str, Any
     }
 
 
+async def _reference_writes(url: str, n: int, prefix: str, concurrency: int = 64) -> None:
+    """The operator's writes for n new runs, from a plain client: no kopf, no watch, no
+    reconcile. Each run is created, then its children (the operator's own builders), one
+    status patch and one Event are written, as the operator does for a new run."""
+    from sift_operator.children import desired_children
+    from sift_operator.settings import OperatorSettings
+
+    settings = OperatorSettings()
+    sem = asyncio.Semaphore(concurrency)
+    runs_path = f"/apis/sift.dev/v1alpha1/namespaces/{NS}/selectionruns"
+    paths = {
+        "ServiceAccount": f"/api/v1/namespaces/{NS}/serviceaccounts",
+        "ConfigMap": f"/api/v1/namespaces/{NS}/configmaps",
+        "NetworkPolicy": f"/apis/networking.k8s.io/v1/namespaces/{NS}/networkpolicies",
+        "Job": f"/apis/batch/v1/namespaces/{NS}/jobs",
+    }
+    async with aiohttp.ClientSession(url) as session:
+
+        async def one(i: int) -> None:
+            async with sem:
+                name = f"{prefix}-{i:04d}"
+                async with session.post(runs_path, json=selection_run(name, NS)) as resp:
+                    run = await resp.json()
+                children = desired_children(run, settings, api_cidrs=(), suspend=False)
+                others = [c for c in children.all() if c["kind"] != "Job"]
+
+                async def post(obj: dict[str, Any]) -> None:
+                    async with session.post(paths[obj["kind"]], json=obj) as r:
+                        if r.status >= 300:
+                            raise RuntimeError(await r.text())
+
+                await asyncio.gather(*(post(c) for c in others))
+                await post(children.job)
+                status = {"status": {"phase": "Pending", "observedGeneration": 1}}
+                async with session.patch(
+                    f"{runs_path}/{name}/status",
+                    json=status,
+                    headers={"Content-Type": "application/merge-patch+json"},
+                ):
+                    pass
+                event = {
+                    "apiVersion": "v1",
+                    "kind": "Event",
+                    "metadata": {"name": f"{name}.ref", "namespace": NS},
+                    "involvedObject": {"kind": "SelectionRun", "name": name, "namespace": NS},
+                    "reason": "JobCreated",
+                    "message": "reference",
+                    "type": "Normal",
+                }
+                async with session.post(f"/api/v1/namespaces/{NS}/events", json=event):
+                    pass
+
+        await asyncio.gather(*(one(i) for i in range(n)))
+
+
+def reference(srv: EmulatorServer, n: int) -> dict[str, Any]:
+    """The emulator alone: the same writes as the operator's, from a plain client."""
+    srv.emulator.counts.clear()
+    emu0 = emulator_cpu(srv)
+    t0 = time.monotonic()
+    error: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            asyncio.run(_reference_writes(srv.url, n, "ref"))
+        except BaseException as exc:
+            error.append(exc)
+
+    t = threading.Thread(target=target)
+    t.start()
+    t.join()
+    if error:
+        raise error[0]
+    wall = time.monotonic() - t0
+    emu1 = emulator_cpu(srv)
+    created = srv.emulator.created_at
+    names = [f"ref-{i:04d}" for i in range(n)]
+    latencies = [
+        created[("jobs", NS, f"sift-{n_}")] - created[("selectionruns", NS, n_)] for n_ in names
+    ]
+    requests = sum(srv.emulator.counts.values())
+    return {
+        "reference_runs": n,
+        "reference_all_jobs_seconds": round(wall, 3),
+        "reference_latency_p50_seconds": round(percentile(latencies, 50), 3),
+        "reference_latency_p99_seconds": round(percentile(latencies, 99), 3),
+        "reference_emulator_cpu_ms_per_run": round((emu1 - emu0) * 1000 / n, 1),
+        "reference_emulator_cpu_ms_per_request": round((emu1 - emu0) * 1000 / max(1, requests), 2),
+        "_names": names,
+    }
+
+
 def delete_all(srv: EmulatorServer, kube: Kube, names: list[str]) -> None:
     for name in names:
         kube.delete("selectionruns", NS, name)
@@ -195,6 +292,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--churn-minutes", type=float, default=0.0)
     parser.add_argument("--churn-batch", type=int, default=50)
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    parser.add_argument(
+        "--reference",
+        action="store_true",
+        help="first measure the emulator alone: the operator's writes from a plain client",
+    )
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory() as tmp_, EmulatorServer() as srv:
@@ -208,6 +310,10 @@ def main(argv: list[str] | None = None) -> int:
             verbose=False,  # measure the operator as deployed
         )
         try:
+            ref: dict[str, Any] = {}
+            if args.reference:  # before the operator starts: it would act on these runs
+                ref = reference(srv, args.runs)
+                delete_all(srv, kube, ref.pop("_names"))
             op.start()
             op.wait_for_log("sift operator started", 60)
             assert op.proc is not None
@@ -220,6 +326,12 @@ def main(argv: list[str] | None = None) -> int:
             rss_before = rss_mib(pid)
             result = burst(srv, kube, args.runs, "run")
             names = result.pop("_names")
+            if ref:
+                result.update(ref)
+                result["ratio_p99_operator_to_reference"] = round(
+                    result["latency_p99_seconds"] / max(1e-3, ref["reference_latency_p99_seconds"]),
+                    1,
+                )
             result["operator_rss_mib_before"] = round(rss_before, 1)
             result["operator_rss_mib_after"] = round(rss_mib(pid), 1)
             print(json.dumps(result, indent=2))

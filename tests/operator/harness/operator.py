@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -11,6 +12,13 @@ from collections.abc import Mapping
 from pathlib import Path
 
 OPERATOR = [sys.executable, "-c", "from sift_operator.cli import main; raise SystemExit(main())"]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
 
 
 class OperatorProcess:
@@ -41,6 +49,9 @@ class OperatorProcess:
             PYTHONUNBUFFERED="1",
             SIFT_NAMESPACE="sift-system",
             SIFT_RESULTS_API_HOST="127.0.0.1",
+            # the operator's broker: loopback only, and a port of its own per process
+            SIFT_BROKER_LISTEN_ADDRESS="127.0.0.1",
+            SIFT_BROKER_PORT=str(_free_port()),
         )
         env.update(self.env)
         cmd = [

@@ -225,6 +225,27 @@ def gcs_location(images: Path, tmp: Path) -> Iterator[tuple[dict[str, object], d
         server.wait(timeout=10)
 
 
+def fetch_only(inp: dict[str, object], workers: int = 22) -> float:
+    """The server's own ceiling: objects/s for signed GETs alone (no decode, no model).
+
+    The same signer, Fetcher and thread count as a run's fetches; a pipeline on this
+    server cannot be faster than this, whatever the worker does.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from sift_worker.api.v1alpha1 import StorageLocation
+    from sift_worker.fetch import Fetcher
+    from sift_worker.storage import RunSigner, open_storage
+
+    signer = RunSigner(open_storage(StorageLocation.model_validate(inp), writable=False))
+    keys = [o.key for o in signer.input.iter_objects()]
+    with Fetcher(signer.allowed_hosts(), concurrency=workers) as fetcher:
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(lambda k: fetcher.get_bytes(signer.sign_inputs([k])[0]), keys))
+        return len(keys) / (time.perf_counter() - t0)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=5000, help="JPEGs for the throughput part")
@@ -289,6 +310,8 @@ def main() -> None:
                     if args.gcs:
                         sec, n = run_once(gcs_in, gcs_out, args.threads)
                         results["gcs"].append(n / sec)
+                moto_ceiling = fetch_only(s3_in)
+                gcs_ceiling = fetch_only(gcs_in) if args.gcs else 0.0
             vol = statistics.median(results["volume"])
             s3 = statistics.median(results["s3"])
             print(
@@ -306,6 +329,16 @@ def main() -> None:
                 gcs = statistics.median(results["gcs"])
                 print(f"  GCS signed URLs   {gcs:7.1f} images/s   (fake-gcs-server, Go)")
                 print(f"  ratio GCS/folder  {gcs / vol:7.2f}")
+
+            print(
+                f"  moto alone: {moto_ceiling:7.1f} objects/s for signed GETs with no decode "
+                f"(the server's ceiling); S3 pipeline / that: {s3 / moto_ceiling:.2f}"
+            )
+            if args.gcs:
+                print(
+                    f"  fake-gcs alone: {gcs_ceiling:7.1f} objects/s (ceiling); "
+                    f"GCS pipeline / that: {gcs / gcs_ceiling:.2f}"
+                )
 
             print("listing memory (tracemalloc peak while streaming the listing):")
             for n in sizes:

@@ -11,6 +11,7 @@ from typing import Any
 
 from sift_worker.reporting.schema import (
     Chunk,
+    FilenameMode,
     RunCreate,
     Sample,
     check_chunk,
@@ -35,7 +36,7 @@ FULL: dict[str, Any] = {
     "metadata": {"weather": "rain", "split": "train"},
     "predictions": {"probabilities": [0.9, 0.1]},
 }
-SETTINGS = [
+SETTINGS: list[tuple[str, FilenameMode, bool, list[str], bool]] = [
     ("the default", "hashed", False, [], False),
     ("filenames: plain", "plain", False, [], False),
     ("filenames: none", "none", False, [], False),

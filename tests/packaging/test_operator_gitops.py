@@ -129,3 +129,32 @@ def test_the_operator_writes_only_status_of_its_runs() -> None:
     for path in OPERATOR.rglob("*.py"):
         text = path.read_text()
         assert '"PUT"' not in text, f"{path.relative_to(ROOT)}: the operator never replaces"
+
+
+GOLDEN = ROOT / "tests" / "helm" / "golden"  # the rendered chart, drift-tested by tests/helm
+
+
+@pytest.mark.parametrize("golden", sorted(GOLDEN.glob("*.yaml")), ids=lambda p: p.stem)
+def test_the_chart_rbac_cannot_write_a_run_spec(golden: Path) -> None:
+    """The API server itself refuses a spec write: the operator's Roles allow only reads
+    of selectionruns and patch of selectionruns/status (tests/helm/test_helm_rbac.py
+    shows the real operator needs no more)."""
+    roles = [
+        d
+        for d in yaml.safe_load_all(golden.read_text())
+        if d and d.get("kind") in ("Role", "ClusterRole")
+    ]
+    rules = [
+        (res, set(rule["verbs"]))
+        for role in roles
+        for rule in role.get("rules") or ()
+        if "sift.dev" in rule.get("apiGroups", ()) or "*" in rule.get("apiGroups", ())
+        for res in rule.get("resources", ())
+    ]
+    assert ("selectionruns/status", {"patch"}) in rules, golden.name
+    for resource, verbs in rules:
+        assert resource != "*", golden.name
+        if resource == "selectionruns":
+            assert verbs <= {"get", "list", "watch"}, f"{golden.name}: selectionruns {verbs}"
+        elif resource == "selectionruns/status":
+            assert verbs <= {"get", "patch"}, f"{golden.name}: status {verbs}"

@@ -100,6 +100,11 @@ def test_base_images_pinned_by_digest_arg(dockerfile: tuple[str, Dockerfile]) ->
         assert DIGEST_REF.match(ref), f"{name}: base image {ref!r} is not pinned by sha256 digest"
 
 
+def test_both_images_share_one_base() -> None:
+    bases = {parse(p).global_args["PYTHON_IMAGE"] for p in DOCKERFILES.values()}
+    assert len(bases) == 1, f"update the digest in both Dockerfiles: {bases}"
+
+
 def test_final_user_is_numeric_non_root(dockerfile: tuple[str, Dockerfile]) -> None:
     name, df = dockerfile
     users = df.final.values("USER")

@@ -66,11 +66,14 @@ def make_jpegs(root: Path, n: int, size: tuple[int, int] = (640, 480)) -> None:
 
 def serve_moto(images: Path, list_sizes: list[int]) -> None:
     """Child: moto on 127.0.0.1, seeded through its backend (fast), until stdin closes."""
+    import logging
+
     import boto3
     from moto.core import DEFAULT_ACCOUNT_ID
     from moto.s3.models import s3_backends
     from moto.server import ThreadedMotoServer
 
+    logging.getLogger("werkzeug").disabled = True  # its access log prints signed URLs
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
@@ -117,6 +120,11 @@ def run_once(inp: dict[str, object], out: dict[str, object], threads: int) -> tu
             },
         },
     }
+    kind = next(iter(out))
+    if kind != "volume":  # a fresh prefix per round: a checkpoint must not be resumed
+        loc = dict(out[kind])  # type: ignore[call-overload]
+        loc["prefix"] = f"{loc.get('prefix', '')}{time.monotonic_ns()}/"
+        doc["spec"]["datasource"]["output"] = {kind: loc}  # type: ignore[index]
     run = parse_manifest(doc, "bench")
     start = time.perf_counter()
     summary = run_selection(

@@ -163,6 +163,37 @@ def test_a_checkpoint_of_another_configuration_or_a_damaged_chunk_is_ignored(
     assert "digest does not match" in caplog.text
 
 
+def test_a_complete_checkpoint_is_reused_without_saving_again(images: Path, tmp_path: Path) -> None:
+    """A rerun whose checkpoint already covers every sample (last chunk partial)."""
+    from sift_worker.checkpoint import Checkpoint, VolumeCheckpointStore
+    from sift_worker.embed import embed_samples
+    from sift_worker.models import build_model
+
+    class Stage:
+        done = 0
+
+        def advance(self, n: int = 1) -> None:
+            self.done += n
+
+    names = sorted(p.name for p in images.glob("img-*.jpg"))[:6]
+    model = build_model("tiny")
+    store = VolumeCheckpointStore(tmp_path)
+    results = []
+    for _ in range(2):
+        stage = Stage()
+        ckpt = Checkpoint(store, {"samples": "x"}, 4)
+        results.append(
+            embed_samples(
+                images, names, model, batch_size=4, decode_workers=1, stage=stage, checkpoint=ckpt
+            )
+        )
+        assert stage.done == 6
+    assert results[0].filenames == results[1].filenames == names
+    assert results[0].embeddings.tobytes() == results[1].embeddings.tobytes()
+    manifest = json.loads((tmp_path / "checkpoint" / "manifest.json").read_text())
+    assert [c["rows"] for c in manifest["chunks"]] == [4, 2]
+
+
 def test_a_killed_s3_run_resumes_to_the_same_results(
     moto_server: Server, images: Path, whole: Path, tmp_path: Path
 ) -> None:

@@ -138,7 +138,7 @@ class _ChunkSaver:
     ) -> None:
         self.checkpoint = checkpoint
         self.size = checkpoint.chunk_samples if checkpoint else 0
-        self.index = start // self.size if self.size else 0
+        self.index = -(-start // self.size) if self.size else 0  # chunks already saved
         self.at = start  # the input sample the stream is at
         self.total = total
         self.rows, self.refs, self.corrupt = rows, refs, corrupt

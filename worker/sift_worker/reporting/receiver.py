@@ -352,7 +352,10 @@ class ReceiverThread:
         self._app = make_app(store, token, self.faults)
         self._host, self._port = host, port
         self._loop = asyncio.new_event_loop()
-        self._runner = web.AppRunner(self._app, access_log=None, handle_signals=False)
+        # stop() must not wait a minute for a client still streaming a refused body
+        self._runner = web.AppRunner(
+            self._app, access_log=None, handle_signals=False, shutdown_timeout=2.0
+        )
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self.port = 0
 
@@ -377,10 +380,18 @@ class ReceiverThread:
 
     def stop(self) -> None:
         if self._loop.is_running():
-            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
+            asyncio.run_coroutine_threadsafe(self._down(), self._loop).result(30)
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(10)
         self._loop.close()
+
+    async def _down(self) -> None:
+        await self._runner.cleanup()
+        # handlers still reading a refused body outlive the shutdown timeout: end them
+        rest = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in rest:
+            task.cancel()
+        await asyncio.gather(*rest, return_exceptions=True)
 
     def __enter__(self) -> ReceiverThread:
         return self.start()

@@ -12,6 +12,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 PHASES = ("Pending", "Queued", "Running", "Succeeded", "Failed")
 OUTCOMES = ("succeeded", "failed")
+# the Reported condition's reasons (conditions.py); "None" for runs without the condition yet
+REPORT_REASONS = ("Reported", "Pending", "Retrying", "Rejected", "Disabled", "RunFailed", "None")
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -19,6 +21,12 @@ RUNS = Gauge(
     "sift_operator_runs",
     "SelectionRuns the operator watches, by phase.",
     ["phase"],
+    registry=REGISTRY,
+)
+RUNS_REPORTING = Gauge(
+    "sift_operator_runs_reporting",
+    "SelectionRuns the operator watches, by the reason of their Reported condition.",
+    ["reason"],
     registry=REGISTRY,
 )
 RUN_OUTCOMES = Counter(
@@ -56,12 +64,23 @@ for _phase in PHASES:
     RUNS.labels(phase=_phase)
 for _outcome in OUTCOMES:
     RUN_OUTCOMES.labels(outcome=_outcome)
+for _reason in REPORT_REASONS:
+    RUNS_REPORTING.labels(reason=_reason)
 
 
 def set_phase_counts(counts: Mapping[str, int]) -> None:
     """Set the gauge for every phase (missing ones to 0, so no series goes stale)."""
     for phase in PHASES:
         RUNS.labels(phase=phase).set(counts.get(phase, 0))
+
+
+def set_report_counts(counts: Mapping[str, int]) -> None:
+    """The Reported gauge for every known reason; an unknown one counts as "None"."""
+    known = dict.fromkeys(REPORT_REASONS, 0)
+    for reason, count in counts.items():
+        known[reason if reason in known else "None"] += count
+    for reason, count in known.items():
+        RUNS_REPORTING.labels(reason=reason).set(count)
 
 
 def record_outcome(succeeded: bool) -> None:

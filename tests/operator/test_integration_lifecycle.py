@@ -325,6 +325,9 @@ def test_metrics_count_runs_by_phase_and_outcome_without_run_names(cluster: Clus
     assert values['sift_operator_run_outcomes_total{outcome="succeeded"}'] >= 1
     assert values['sift_operator_run_outcomes_total{outcome="failed"}'] >= 2
     assert values["sift_operator_reconcile_duration_seconds_count"] > 0
+    # runs by their Reported reason: these runs have no spec.report, or failed
+    assert values['sift_operator_runs_reporting{reason="Disabled"}'] >= 1
+    assert values['sift_operator_runs_reporting{reason="Reported"}'] == 0
     # bounded labels: no series names a run
     for run in ("shape", "held", "quota", "pull"):
         assert f'"{run}"' not in text

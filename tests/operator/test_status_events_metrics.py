@@ -202,7 +202,7 @@ def test_metric_names_and_bounded_labels() -> None:
         "sift_operator_queue_wait_seconds",
         "sift_operator_run_duration_seconds",
     } <= set(families)
-    allowed = {"phase", "outcome", "le", "endpoint", "result"}  # broker: fixed lists
+    allowed = {"phase", "outcome", "le", "endpoint", "result", "reason"}  # all fixed lists
     for name, samples in families.items():
         for sample in samples:
             assert set(sample.labels) <= allowed, (name, sample.labels)
@@ -218,6 +218,17 @@ def test_phase_gauge_sets_every_phase() -> None:
     metrics.set_phase_counts({"Running": 1})
     values = {s.labels["phase"]: s.value for s in _samples()["sift_operator_runs"]}
     assert values == {"Pending": 0, "Queued": 0, "Running": 1, "Succeeded": 0, "Failed": 0}
+
+
+def test_reporting_gauge_sets_every_reason() -> None:
+    metrics.set_report_counts({"Retrying": 2, "Reported": 5, "SomethingNew": 1})
+    metrics.set_report_counts({"Retrying": 1, "Reported": 6})
+    values = {s.labels["reason"]: s.value for s in _samples()["sift_operator_runs_reporting"]}
+    assert values == dict.fromkeys(metrics.REPORT_REASONS, 0.0) | {"Retrying": 1, "Reported": 6}
+    metrics.set_report_counts({"SomethingNew": 1})  # unknown reasons: counted, no new series
+    values = {s.labels["reason"]: s.value for s in _samples()["sift_operator_runs_reporting"]}
+    assert values["None"] == 1
+    assert set(values) == set(metrics.REPORT_REASONS)
 
 
 def test_outcome_counter() -> None:

@@ -26,6 +26,7 @@ KNOWN_VALUES = {
     "phase": set(operator_metrics.PHASES),
     "outcome": {*operator_metrics.OUTCOMES, "ok"},
     "endpoint": set(sift_operator.broker.metrics.ENDPOINTS),
+    "reason": set(operator_metrics.REPORT_REASONS),
 }
 
 
@@ -165,6 +166,6 @@ def test_prometheus_rule_shape_and_required_alerts() -> None:
     jsonschema.validate(doc, RULE_SCHEMA)
     alerts = {r["alert"] for g in doc["spec"]["groups"] for r in g["rules"]}
     assert {"SiftRunsFailing", "SiftQueueWaitHigh", "SiftReconcileErrors"} <= alerts
-    assert "SiftBrokerFailing" in alerts
+    assert {"SiftBrokerFailing", "SiftReportingStuck", "SiftReportsRejected"} <= alerts
     for expr in rule_exprs():
         assert expr.count("(") == expr.count(")"), expr

@@ -503,6 +503,14 @@ class Reconciler:
             counts[phase] = counts.get(phase, 0) + 1
         return counts
 
+    def report_counts(self) -> dict[str, int]:
+        """Runs by the reason of their Reported condition ("None": not set yet)."""
+        counts: dict[str, int] = {}
+        for run in self.views.all_runs():
+            reason = _reason(run.get("status") or {}) or "None"
+            counts[reason] = counts.get(reason, 0) + 1
+        return counts
+
 
 def _reason(status: Mapping[str, Any]) -> str | None:
     found = conds.by_type(status.get("conditions")).get(conds.REPORTED)

@@ -108,6 +108,7 @@ class Runtime:
         while True:
             try:
                 metrics.set_phase_counts(self.reconciler.phase_counts())
+                metrics.set_report_counts(self.reconciler.report_counts())
             except Exception:  # metrics must never stop the operator
                 log.exception("could not update the run gauges")
             await asyncio.sleep(METRICS_SECONDS)

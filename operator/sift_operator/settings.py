@@ -6,12 +6,13 @@ environment. ``from_env`` is pure over the mapping it is given, so tests pass a 
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 ENV_PREFIX = "SIFT_"
 
@@ -75,6 +76,19 @@ class OperatorSettings(BaseModel):
         "report the worker left Pending (0: never; the outbox waits for `sift-worker report`).",
     )
     run_as_user: int = Field(65532, ge=1)
+    # --- defaults for runs whose spec leaves these out (the chart's runDefaults) ---
+    gpu_resource_name: str = Field(
+        "nvidia.com/gpu",
+        min_length=1,
+        max_length=253,
+        description="GPU resource when spec.worker.resources.gpuResourceName is omitted.",
+    )
+    api_cidrs: tuple[str, ...] = Field(
+        (), description="Results API CIDRs when spec.egress.apiCIDRs is empty (else resolved)."
+    )
+    storage_cidrs: tuple[str, ...] = Field(
+        (), description="Storage CIDRs when spec.egress.storageCIDRs is empty (else resolved)."
+    )
     # --- the broker (docs/broker.md) ---
     broker_enabled: bool = Field(True, description="Serve the broker in the operator process.")
     broker_listen_address: str = Field("0.0.0.0", min_length=1)
@@ -107,6 +121,14 @@ class OperatorSettings(BaseModel):
         if self.broker_public_url:
             return self.broker_public_url
         return f"https://{self.service_name}.{self.namespace}.svc:{self.broker_port}"
+
+    @field_validator("api_cidrs", "storage_cidrs")
+    @classmethod
+    def _cidrs(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        """Each entry an IPv4/IPv6 network ("10.0.0.0/8", or one address)."""
+        for cidr in value:
+            ipaddress.ip_network(cidr, strict=False)  # ValueError names the entry
+        return value
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> OperatorSettings:

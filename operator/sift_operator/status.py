@@ -52,8 +52,9 @@ class Problem:
 class StorageEgress:
     """How the NetworkPolicy lets the worker reach its storage (found when the Job is made).
 
-    ``mode``: ``Pinned`` (spec.egress.storageCIDRs), ``Resolved`` (the hosts' addresses
-    at reconcile time) or ``None`` (the run uses no bucket).
+    ``mode``: ``Pinned`` (spec.egress.storageCIDRs), ``Default`` (the operator's
+    ``storage_cidrs`` setting), ``Resolved`` (the hosts' addresses at reconcile time) or
+    ``None`` (the run uses no bucket).
     """
 
     mode: str
@@ -383,6 +384,8 @@ def storage_text(storage: StorageEgress) -> str:
     """What the NetworkPolicy does for the run's storage, for EgressRestricted's message."""
     if storage.mode == "Pinned":
         return ". Storage: the CIDRs pinned in spec.egress.storageCIDRs"
+    if storage.mode == "Default":
+        return ". Storage: the operator's default storage CIDRs (SIFT_STORAGE_CIDRS)"
     if storage.mode != "Resolved":
         return ""
     if storage.unresolved:

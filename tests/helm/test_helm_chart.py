@@ -62,6 +62,8 @@ BAD_VALUES = [
     ({"broker": {"port": 70000}}, "port"),
     ({"networkPolicy": {"kubeAPI": {"cidrs": ["api.example.com"]}}}, "cidrs"),
     ({"runDefaults": {"imagePullPolicy": "Sometimes"}}, "imagePullPolicy"),
+    ({"runDefaults": {"egress": {"storageCIDRs": ["s3.example.com"]}}}, "storageCIDRs"),
+    ({"runDefaults": {"gpuResourceName": ""}}, "gpuResourceName"),
     ({"image": {"digest": "latest"}}, "digest"),
     ({"operator": {"extraEnv": [{"name": "PATH", "value": "/x"}]}}, "extraEnv"),
 ]

@@ -253,6 +253,25 @@ def test_custom_gpu_resource_and_scheduling() -> None:
     assert job["spec"]["activeDeadlineSeconds"] == 7200
 
 
+@pytest.mark.parametrize(
+    ("spec_name", "setting", "expected"),
+    [
+        (None, "nvidia.com/gpu", "nvidia.com/gpu"),  # out of the box
+        (None, "amd.com/gpu", "amd.com/gpu"),  # the operator's default (Helm runDefaults)
+        ("gpu.intel.com/i915", "amd.com/gpu", "gpu.intel.com/i915"),  # the spec wins
+    ],
+)
+def test_gpu_resource_name_from_spec_or_operator_default(
+    spec_name: str | None, setting: str, expected: str
+) -> None:
+    spec = minimal_spec()
+    if spec_name:
+        spec["worker"] = {"resources": {"gpuResourceName": spec_name}}
+    job = build_job(run_with(spec), OperatorSettings(gpu_resource_name=setting), suspend=False)
+    limits = pod_of(job)["containers"][0]["resources"]["limits"]
+    assert [k for k in limits if k not in ("cpu", "memory")] == [expected]
+
+
 def test_cpu_only_run_has_no_gpu_and_sees_none() -> None:
     container = pod_of(render("pvc").job)["containers"][0]
     assert all("gpu" not in k for k in container["resources"]["limits"])

@@ -4,6 +4,8 @@ work queue, API CIDR resolution, spec hashes, Event aggregation."""
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -15,7 +17,7 @@ from sift_operator.handlers.observe import Overlay, Views
 from sift_operator.handlers.reconcile import Options, Reconciler, resolve_host, spec_hash
 from sift_operator.handlers.workqueue import WorkQueue
 from sift_operator.kube import ApiError
-from sift_operator.settings import OperatorSettings
+from sift_operator.settings import OperatorSettings, SettingsError
 from sift_operator.status import storage_text
 from sift_worker.api.v1alpha1 import SelectionRunSpec
 
@@ -163,9 +165,9 @@ class FakeKube:
         return self.events[obj["metadata"]["name"]]
 
 
-def _reconciler(resolver: Any) -> Reconciler:
+def _reconciler(resolver: Any, settings: OperatorSettings | None = None) -> Reconciler:
     return Reconciler(
-        OperatorSettings(),
+        settings or OperatorSettings(),
         FakeKube(),  # type: ignore[arg-type]
         Views({}, {}, {}),
         EventRecorder(FakeKube(), instance="t"),  # type: ignore[arg-type]
@@ -314,3 +316,34 @@ def test_storage_cidrs_are_resolved_unless_pinned_and_unresolvable_hosts_are_nam
         assert storage_text(found) == ""
 
     asyncio.run(main())
+
+
+def test_operator_default_cidrs_pin_runs_that_pin_none() -> None:
+    async def resolver(host: str) -> list[str]:
+        raise AssertionError(f"no lookup expected, asked for {host}")
+
+    settings = OperatorSettings(api_cidrs=("198.51.100.0/24",), storage_cidrs=("10.1.0.0/16",))
+
+    async def main() -> None:
+        rec = _reconciler(resolver, settings)
+        run, spec = _spec(
+            datasource={
+                "input": {"s3": {"bucket": "bkt", "endpoint": "https://s3.example.com"}},
+                "output": {"volume": {"path": "o"}},
+            }
+        )
+        assert await rec.api_cidrs(run, spec) == (["198.51.100.0/24"], [])
+        found = await rec.storage_cidrs(run, spec)
+        assert (found.mode, found.cidrs) == ("Default", ("10.1.0.0/16",))
+        assert "operator's default storage CIDRs" in storage_text(found)
+        # the spec's own CIDRs still win
+        run, spec = _spec(egress={"apiCIDRs": ["203.0.113.0/24"]})
+        assert await rec.api_cidrs(run, spec) == (["203.0.113.0/24"], [])
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("bad", ["10.0.0.300/8", "not-a-cidr", "10.0.0.0/33"])
+def test_default_cidrs_are_validated_by_name(bad: str) -> None:
+    with pytest.raises(SettingsError, match=f"SIFT_STORAGE_CIDRS.*{re.escape(bad)}"):
+        OperatorSettings.from_env({"SIFT_STORAGE_CIDRS": json.dumps([bad])})

@@ -147,11 +147,16 @@ def _volumes(
     return volumes, mounts
 
 
-def _resources(spec: SelectionRunSpec) -> Obj:
+def gpu_resource_name(spec: SelectionRunSpec, settings: OperatorSettings) -> str:
+    """The spec's GPU resource when it names one, else the operator's default."""
+    return spec.worker.resources.gpu_resource_name or settings.gpu_resource_name
+
+
+def _resources(spec: SelectionRunSpec, settings: OperatorSettings) -> Obj:
     res = spec.worker.resources
     amounts: dict[str, Any] = {"cpu": res.cpu, "memory": res.memory}
     if res.gpu > 0:
-        amounts[res.gpu_resource_name] = str(res.gpu)
+        amounts[gpu_resource_name(spec, settings)] = str(res.gpu)
     # requests == limits: Guaranteed QoS, the last pods the kubelet evicts
     return {"requests": dict(amounts), "limits": dict(amounts)}
 
@@ -174,7 +179,7 @@ def _env(run: Mapping[str, Any], spec: SelectionRunSpec, settings: OperatorSetti
     if spec.report is not None:
         env["SIFT_RESULTS_TOKEN_FILE"] = RESULTS_TOKEN_FILE
     res = spec.worker.resources
-    if res.gpu == 0 and res.gpu_resource_name == "nvidia.com/gpu":
+    if res.gpu == 0 and gpu_resource_name(spec, settings) == "nvidia.com/gpu":
         # an image with NVIDIA_VISIBLE_DEVICES=all would otherwise see every GPU of the node
         env["NVIDIA_VISIBLE_DEVICES"] = "void"
     return [{"name": k, "value": v} for k, v in env.items()]
@@ -264,7 +269,7 @@ def build_job(
         "command": worker_command(spec)[:1],
         "args": worker_command(spec)[1:],
         "env": _env(run, spec, settings),
-        "resources": _resources(spec),
+        "resources": _resources(spec, settings),
         "securityContext": container_security_context(settings),
         "volumeMounts": mounts,
     }

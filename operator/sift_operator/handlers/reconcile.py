@@ -166,6 +166,8 @@ class Reconciler:
     async def api_cidrs(self, run: Obj, spec: SelectionRunSpec) -> tuple[list[str], list[Problem]]:
         if spec.egress.api_cidrs:
             return list(spec.egress.api_cidrs), []
+        if self.settings.api_cidrs and api_endpoint(spec, self.settings) is not None:
+            return list(self.settings.api_cidrs), []  # the operator's default pins them
         endpoint = api_endpoint(spec, self.settings)
         if endpoint is None:
             return [], []
@@ -192,6 +194,8 @@ class Reconciler:
         hosts = sorted({host for host, _ in storage_endpoints(spec)})
         if not hosts:
             return StorageEgress("None")
+        if self.settings.storage_cidrs:  # the operator's default pins them for every run
+            return StorageEgress("Default", cidrs=tuple(self.settings.storage_cidrs))
         cidrs: set[str] = set()
         unresolved: list[str] = []
         for host in hosts:

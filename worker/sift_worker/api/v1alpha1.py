@@ -506,7 +506,15 @@ class ReportSpec(SiftModel):
 
 class Resources(SiftModel):
     gpu: int = Field(1, ge=0, le=16)
-    gpu_resource_name: Annotated[str, StringConstraints(max_length=253)] = "nvidia.com/gpu"
+    # None: the operator's default (its gpu_resource_name setting, nvidia.com/gpu unless
+    # the cluster admin changed it), so one Helm value covers every run
+    gpu_resource_name: Annotated[str, StringConstraints(min_length=1, max_length=253)] | None = (
+        Field(
+            None,
+            description="Extended resource of the GPU (default: the operator's setting, "
+            "nvidia.com/gpu out of the box).",
+        )
+    )
     cpu: Quantity = "4"
     memory: Quantity = "16Gi"
 

@@ -19,7 +19,6 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import boto3
 import httpx
 import pytest
 from brokerkit import AUDIENCE, BrokerThread, ReviewingServer, s3_run, s3_secret
@@ -31,20 +30,14 @@ from sift_operator.settings import OperatorSettings
 from sift_worker.broker_client import BrokerClient, BrokerError, BrokerSigner, fetcher_for
 from sift_worker.fetch import URL_REFRESHES, Fetcher, ObjectGoneError
 from sift_worker.storage import OutsidePrefixError
-from storage_servers import CANARY_KEY_ID, CANARY_SECRET, Server
+from storage_servers import CANARY_KEY_ID, CANARY_SECRET, Server, canary_s3_client
 
 LEAKS = (CANARY_SECRET, CANARY_KEY_ID, "X-Amz-Signature", "X-Amz-Credential", "tok-")
 KEYS = ["a.jpg", "b.jpg", "c/d.jpg", "c/e.png", "f.jpg"]
 
 
 def _s3(moto: Server) -> Any:
-    return boto3.client(
-        "s3",
-        endpoint_url=moto.endpoint,
-        region_name="us-east-1",
-        aws_access_key_id=CANARY_KEY_ID,
-        aws_secret_access_key=CANARY_SECRET,
-    )
+    return canary_s3_client(moto.endpoint)
 
 
 class World:

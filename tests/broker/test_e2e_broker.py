@@ -11,7 +11,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 import yaml
 from brokerkit import ReviewingServer, s3_secret
@@ -20,7 +19,7 @@ from harness.node import Node
 from harness.operator import OperatorProcess
 from harness.server import Kube
 from sift_worker.demo_data import generate_demo_dataset
-from storage_servers import CANARY_KEY_ID, CANARY_SECRET, Server
+from storage_servers import CANARY_KEY_ID, CANARY_SECRET, Server, canary_s3_client
 
 pytestmark = pytest.mark.slow
 
@@ -94,13 +93,7 @@ def test_selection_run_on_s3_through_the_broker_succeeds_with_no_worker_credenti
     demo = generate_demo_dataset(
         tmp_path / "demo", clusters=3, per_cluster=4, duplicates=1, corrupt=1, size=(48, 40)
     )
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=moto.endpoint,
-        region_name="us-east-1",
-        aws_access_key_id=CANARY_KEY_ID,
-        aws_secret_access_key=CANARY_SECRET,
-    )
+    s3 = canary_s3_client(moto.endpoint)
     bucket = f"e2e-{uuid.uuid4().hex[:10]}"
     s3.create_bucket(Bucket=bucket)
     for path in sorted(p for p in demo.root.rglob("*") if p.is_file()):

@@ -10,7 +10,6 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 import yaml
 from brokerkit import AUDIENCE, BrokerThread, ReviewingServer, s3_secret
@@ -20,7 +19,7 @@ from sift_worker.api.v1alpha1 import SelectionRun
 from sift_worker.capabilities import unsupported_features
 from sift_worker.cli import EXIT_OK, main
 from sift_worker.demo_data import generate_demo_dataset
-from storage_servers import CANARY_KEY_ID, CANARY_SECRET, Server
+from storage_servers import CANARY_KEY_ID, CANARY_SECRET, Server, canary_s3_client
 
 ROOT = Path(__file__).resolve().parents[2]
 LEAKS = (CANARY_SECRET, CANARY_KEY_ID, "X-Amz-Signature", "X-Amz-Credential")
@@ -48,13 +47,7 @@ def test_worker_runs_through_the_broker_with_no_credential(
     demo = generate_demo_dataset(
         tmp_path / "demo", clusters=3, per_cluster=4, duplicates=1, corrupt=1, size=(64, 48)
     )
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=moto.endpoint,
-        region_name="us-east-1",
-        aws_access_key_id=CANARY_KEY_ID,
-        aws_secret_access_key=CANARY_SECRET,
-    )
+    s3 = canary_s3_client(moto.endpoint)
     bucket = f"w-{uuid.uuid4().hex[:10]}"
     s3.create_bucket(Bucket=bucket)
     for path in sorted(p for p in demo.root.rglob("*") if p.is_file()):

@@ -8,12 +8,11 @@ from typing import Any
 import pytest
 from storage_servers import (
     AZURITE_ACCOUNT,
-    CANARY_KEY_ID,
-    CANARY_SECRET,
     InProcessMoto,
     Server,
     _process,
     azurite_blob,
+    canary_s3_client,
     fake_gcs_binary,
     free_port,
     moto_process,
@@ -28,15 +27,7 @@ def moto_server() -> Iterator[Server]:
 
 @pytest.fixture
 def s3_client(moto_server: Server) -> Any:
-    import boto3
-
-    return boto3.client(
-        "s3",
-        endpoint_url=moto_server.endpoint,
-        region_name="us-east-1",
-        aws_access_key_id=CANARY_KEY_ID,
-        aws_secret_access_key=CANARY_SECRET,
-    )
+    return canary_s3_client(moto_server.endpoint)
 
 
 @pytest.fixture(scope="session")

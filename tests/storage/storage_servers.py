@@ -22,6 +22,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -36,6 +37,20 @@ AZURITE_KEY = (
 # Canary credentials: any of these in a log line, an exception or an output is a leak.
 CANARY_KEY_ID = "CANARYKEYIDX00000001"  # a fake access key id (not AWS-shaped on purpose)
 CANARY_SECRET = "canary-secret-Zq8xWv2Lr6Tn4Pm0Ys9Bd3Kf7Hj1"
+
+
+def canary_s3_client(endpoint: str) -> Any:
+    """A boto3 S3 client for a local server, holding the canary credentials the leak
+    checks look for."""
+    import boto3
+
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id=CANARY_KEY_ID,
+        aws_secret_access_key=CANARY_SECRET,
+    )
 
 
 def free_port() -> int:

@@ -14,12 +14,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import boto3
 import numpy as np
 import pytest
 import yaml
 from PIL import Image
-from storage_servers import CANARY_KEY_ID, CANARY_SECRET, Server
+from storage_servers import CANARY_KEY_ID, CANARY_SECRET, Server, canary_s3_client
 
 ROOT = Path(__file__).resolve().parents[2]
 N_IMAGES = 120
@@ -197,13 +196,7 @@ def test_a_complete_checkpoint_is_reused_without_saving_again(images: Path, tmp_
 def test_a_killed_s3_run_resumes_to_the_same_results(
     moto_server: Server, images: Path, whole: Path, tmp_path: Path
 ) -> None:
-    client = boto3.client(
-        "s3",
-        endpoint_url=moto_server.endpoint,
-        region_name="us-east-1",
-        aws_access_key_id=CANARY_KEY_ID,
-        aws_secret_access_key=CANARY_SECRET,
-    )
+    client = canary_s3_client(moto_server.endpoint)
     inb, outb = f"in-{uuid.uuid4().hex[:8]}", f"out-{uuid.uuid4().hex[:8]}"
     client.create_bucket(Bucket=inb)
     client.create_bucket(Bucket=outb)

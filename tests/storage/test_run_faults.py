@@ -11,13 +11,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import boto3
 import httpx
 import pytest
 import yaml
 from sift_worker.cli import EXIT_FAILED, main
 from sift_worker.demo_data import DemoDataset, generate_demo_dataset
-from storage_servers import CANARY_KEY_ID, CANARY_SECRET, Server
+from storage_servers import CANARY_KEY_ID, CANARY_SECRET, Server, canary_s3_client
 
 ROOT = Path(__file__).resolve().parents[2]
 HOP = {"host", "content-length", "connection", "transfer-encoding"}
@@ -85,13 +84,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> DemoDataset:
 
 
 def _setup(proxy: FailingProxy, demo: DemoDataset, tmp: Path, out: dict[str, Any]) -> Path:
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=proxy.endpoint,
-        region_name="us-east-1",
-        aws_access_key_id=CANARY_KEY_ID,
-        aws_secret_access_key=CANARY_SECRET,
-    )
+    s3 = canary_s3_client(proxy.endpoint)
     bucket = out.get("s3", {}).get("bucket") or f"in-{uuid.uuid4().hex[:8]}"
     s3.create_bucket(Bucket=bucket)
     for path in sorted(demo.root.rglob("*.jpg")):
@@ -150,13 +143,7 @@ def test_an_upload_that_keeps_failing_leaves_no_run_json(
     assert main(["run", str(manifest)]) == EXIT_FAILED
     err = capfd.readouterr().err
     assert f"s3://{bucket}/res/selection.csv: PUT failed after 6 attempts" in err
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=proxy.endpoint,
-        region_name="us-east-1",
-        aws_access_key_id=CANARY_KEY_ID,
-        aws_secret_access_key=CANARY_SECRET,
-    )
+    s3 = canary_s3_client(proxy.endpoint)
     keys = {o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="res/")["Contents"]}
     assert "res/run.json" not in keys  # run.json goes last: the output is not complete
     assert "res/checkpoint/manifest.json" in keys  # the embeddings are kept for a rerun

@@ -8,14 +8,13 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 import yaml
 from sift_worker.cli import EXIT_FAILED, EXIT_OK, main
 from sift_worker.demo_data import DemoDataset, generate_demo_dataset
 from sift_worker.fetch import Fetcher
 from sift_worker.imaging import CorruptImage
-from storage_servers import CANARY_KEY_ID, CANARY_SECRET, Server
+from storage_servers import CANARY_KEY_ID, CANARY_SECRET, Server, canary_s3_client
 
 ROOT = Path(__file__).resolve().parents[2]
 LEAKS = (CANARY_SECRET, CANARY_KEY_ID, "X-Amz-Signature", "X-Amz-Credential", "Signature=")
@@ -44,13 +43,7 @@ def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _client(server: Server) -> Any:
-    return boto3.client(
-        "s3",
-        endpoint_url=server.endpoint,
-        region_name="us-east-1",
-        aws_access_key_id=CANARY_KEY_ID,
-        aws_secret_access_key=CANARY_SECRET,
-    )
+    return canary_s3_client(server.endpoint)
 
 
 def _upload(client: Any, bucket: str, prefix: str, root: Path) -> list[str]:

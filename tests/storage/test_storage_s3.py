@@ -24,7 +24,14 @@ from sift_worker.storage import (
     RunSigner,
 )
 from sift_worker.storage.s3 import S3Credentials, S3Storage
-from storage_servers import CANARY_KEY_ID, CANARY_SECRET, InProcessMoto, Server, moto_process
+from storage_servers import (
+    CANARY_KEY_ID,
+    CANARY_SECRET,
+    InProcessMoto,
+    Server,
+    canary_s3_client,
+    moto_process,
+)
 
 CREDS = S3Credentials(CANARY_KEY_ID, CANARY_SECRET)
 
@@ -38,15 +45,7 @@ def _bucket(s3_client: Any, keys: list[str] = (), body: bytes = b"x") -> str:  #
 
 
 def _client(server: Server) -> Any:
-    import boto3
-
-    return boto3.client(
-        "s3",
-        endpoint_url=server.endpoint,
-        region_name="us-east-1",
-        aws_access_key_id=CANARY_KEY_ID,
-        aws_secret_access_key=CANARY_SECRET,
-    )
+    return canary_s3_client(server.endpoint)
 
 
 def _storage(server: Server, bucket: str, prefix: str = "", **kw: Any) -> S3Storage:

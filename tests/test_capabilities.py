@@ -67,11 +67,6 @@ CASES = [
     ),
     (
         "report",
-        {"api": {"tokenSecret": {"name": "t", "key": "k"}}, "_output_azure": True},
-        "spec.report",
-    ),
-    (
-        "report",
         {"api": {"tokenSecret": {"name": "t", "key": "k"}}, "share": {"metadata": ["w"]}},
         "spec.report.share.metadata",
     ),
@@ -106,6 +101,7 @@ def test_not_supported_yet_names_the_field(path: str, value: Any, expected: str)
 
 SUPPORTED = [
     ("report", {"api": {"tokenSecret": {"name": "t", "key": "k"}}}),
+    ("report", {"api": {"tokenSecret": {"name": "t", "key": "k"}}, "_output_azure": True}),
     (
         "report",
         {"api": {"tokenSecret": {"name": "t", "key": "k"}}, "share": {"filenames": "plain"}},

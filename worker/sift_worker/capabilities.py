@@ -2,7 +2,7 @@
 
 Every block of the SelectionRun model exists from the start; blocks whose
 behaviour arrives in a later release (side files and datapools
-in object storage, embedding training, reporting from object storage) are refused
+in object storage, embedding training, sharing side files read from object storage) are refused
 here with the field path.
 """
 
@@ -69,15 +69,10 @@ def _remote(run: SelectionRun) -> list[str]:
 
 
 def _report(run: SelectionRun) -> list[str]:
-    """Reporting needs the outbox in a folder, and side files read from a folder."""
+    """Side files (metadata, predictions) are read from a folder; the outbox lives anywhere."""
     spec = run.spec
     assert spec.report is not None
     problems = []
-    if spec.datasource.output.volume is None:
-        problems.append(
-            "spec.report: reporting from an object-storage output is not supported yet "
-            "(the outbox lives in the output folder); use a volume output"
-        )
     share = spec.report.share
     if (share.metadata or share.predictions) and (
         spec.datasource.input.volume is None or spec.input.type != "images"

@@ -7,13 +7,16 @@ import logging
 import os
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from sift_worker.api.v1alpha1 import SelectionRun
 from sift_worker.config import ConfigError, load_manifest, parse_manifest
 from sift_worker.logs import setup_logging
+
+if TYPE_CHECKING:
+    from sift_worker.dataplane import DataPlane
 
 log = logging.getLogger("sift")
 
@@ -118,18 +121,22 @@ def _execute(args: argparse.Namespace) -> int:
             if each is not None:
                 each(stage, done, total)
 
+    def report_from_bucket(plane: DataPlane) -> None:
+        _report_after_run(run, plane.output_dir, source, new_run=True, plane=plane)
+
     try:
         summary = run_selection(
             run,
             RunSettings(threads=args.threads, decode_workers=args.decode_workers, source=source),
             Progress(bars=bars, listener=listener if beats or to_broker else None),
+            after_upload=report_from_bucket if run.spec.report is not None else None,
         )
     finally:
         if beats is not None:
             beats.close()
         if to_broker is not None:
             to_broker.close()
-    if run.spec.report is not None:
+    if run.spec.report is not None and output is not None:
         # a local run's heartbeats already made its new uid; else the report makes it
         new_run = not (beats is not None and beats.began_local_run)
         _report_after_run(run, summary.output, source, new_run=new_run)
@@ -151,14 +158,35 @@ def _volume(run: SelectionRun, which: str) -> Path | None:
     return Path(loc.volume.path) if loc.volume is not None else None
 
 
-def _report_after_run(run: SelectionRun, output: Path, source: str, *, new_run: bool) -> None:
-    """Report a finished run; its results are safe either way, so the exit status stays 0."""
-    from sift_worker.reporting import SendResult, report_run, write_termination_message
-    from sift_worker.reporting.outbox import OutboxError
+def _report_after_run(
+    run: SelectionRun,
+    output: Path,
+    source: str,
+    *,
+    new_run: bool,
+    plane: DataPlane | None = None,
+) -> None:
+    """Report a finished run; its results are safe either way, so the exit status stays 0.
 
+    ``plane``: a bucket output; ``output`` is its staging folder, whose ``report/`` is
+    uploaded afterwards (docs/reporting.md).
+    """
+    from sift_worker.fetch import FetchError
+    from sift_worker.reporting import SendResult, report_run, write_termination_message
+    from sift_worker.reporting.bucket import download_salt, upload_outbox
+    from sift_worker.reporting.outbox import OutboxError
+    from sift_worker.storage import StorageError
+
+    where = plane.upload.storage.uri("report/") if plane and plane.upload else output / "report"
     try:
-        result = report_run(run, output, _volume(run, "input"), new_run=new_run)
-    except (OutboxError, OSError, ValueError) as exc:  # the selection's outputs still stand
+        if plane is not None:
+            download_salt(run, plane)
+        try:
+            result = report_run(run, output, _volume(run, "input"), new_run=new_run)
+        finally:
+            if plane is not None and (output / "report").is_dir():
+                upload_outbox(plane)
+    except (OutboxError, OSError, ValueError, FetchError, StorageError) as exc:
         log.error("reporting: the outbox could not be written: %s", exc)
         result = SendResult("Pending", f"the outbox could not be written: {exc}", 0, 0, 0)
     write_termination_message(result)
@@ -167,15 +195,12 @@ def _report_after_run(run: SelectionRun, output: Path, source: str, *, new_run: 
     else:
         print(
             f"reporting: {result.reported.lower()} ({result.acked} of {result.chunks} chunks "
-            f"acknowledged): {result.reason}; the results are safe in {output / 'report'}; "
+            f"acknowledged): {result.reason}; the results are safe in {where}; "
             f"send them with: sift-worker report {source}"
         )
 
 
 def _report_command(args: argparse.Namespace) -> int:
-    from sift_worker.reporting import report_run, write_termination_message
-    from sift_worker.reporting.outbox import Outbox, OutboxError, build_outbox
-
     run = load_manifest(args.file)
     if run.spec.report is None:
         print(f"{args.file}: spec.report is not set: nothing is sent")
@@ -186,11 +211,29 @@ def _report_command(args: argparse.Namespace) -> int:
     if problems:
         raise ConfigError(str(args.file), problems)
     output = _volume(run, "output")
-    assert output is not None  # the gate above refuses other outputs
+    if output is None:  # a bucket: resume from its report/ in a staging folder
+        from sift_worker.dataplane import open_data_plane
+
+        with open_data_plane(run, lambda: (Path(), Path())) as plane:
+            return _report_outbox(args, run, plane.output_dir, plane)
+    return _report_outbox(args, run, output, None)
+
+
+def _report_outbox(
+    args: argparse.Namespace, run: SelectionRun, output: Path, plane: DataPlane | None
+) -> int:
+    from sift_worker.fetch import FetchError
+    from sift_worker.reporting import report_run, write_termination_message
+    from sift_worker.reporting.bucket import download_outbox, upload_outbox
+    from sift_worker.reporting.outbox import Outbox, OutboxError, build_outbox
+    from sift_worker.storage import StorageError
+
     # an outbox already written is what is (or would be) sent: never rebuilt here
     try:
+        if plane is not None:
+            download_outbox(run, plane)
         outbox = Outbox.open(output) or build_outbox(run, output, _volume(run, "input"))
-    except OutboxError as exc:
+    except (OutboxError, FetchError, StorageError) as exc:
         log.error("%s: no finished run to report: %s", args.file, exc)
         return EXIT_FAILED
     if args.dry_run:
@@ -201,7 +244,11 @@ def _report_command(args: argparse.Namespace) -> int:
             print(f"{method} {path}")
             print(body)
         return EXIT_OK
-    result = report_run(run, output, _volume(run, "input"), build=False)
+    try:
+        result = report_run(run, output, _volume(run, "input"), build=False)
+    finally:
+        if plane is not None:
+            upload_outbox(plane)
     write_termination_message(result)  # a follow-up Job tells the operator the same way
     print(f"reporting: {result.reported} ({result.acked} of {result.chunks} chunks acknowledged)")
     if result.reported == "Reported":

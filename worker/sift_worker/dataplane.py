@@ -87,8 +87,11 @@ class RemoteOutput:
         self.workers = workers
         self.storage: Storage = signer.output
 
-    def upload_dir(self, folder: Path) -> int:
+    def upload_dir(self, folder: Path, under: tuple[str, ...] = ()) -> int:
+        """Every file of ``folder`` (only those in its subfolders ``under``, if given)."""
         files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+        if under:
+            files = [f for f in files if f.split("/", 1)[0] in under]
         last = [f for f in files if f == FINAL_ARTIFACT]
         rest = [f for f in files if f != FINAL_ARTIFACT]
 

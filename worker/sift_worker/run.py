@@ -12,7 +12,7 @@ import os
 import platform
 import shutil
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -341,8 +341,17 @@ def _select(
     return stage, values, problems
 
 
-def run_selection(run: SelectionRun, settings: RunSettings, progress: Progress) -> RunSummary:
-    """Run one SelectionRun: a folder, or object storage through signed URLs."""
+def run_selection(
+    run: SelectionRun,
+    settings: RunSettings,
+    progress: Progress,
+    after_upload: Callable[[DataPlane], None] | None = None,
+) -> RunSummary:
+    """Run one SelectionRun: a folder, or object storage through signed URLs.
+
+    ``after_upload``: called with a bucket output's data plane once the artifacts are
+    uploaded, while its staging folder and signer still exist (reporting).
+    """
     problems = unsupported_features(run)
     if problems:
         raise ConfigError(settings.source, problems)
@@ -352,6 +361,8 @@ def run_selection(run: SelectionRun, settings: RunSettings, progress: Progress) 
         if plane.upload is not None:
             with progress.stage("upload", None):
                 plane.upload.upload_dir(plane.output_dir)
+            if after_upload is not None:
+                after_upload(plane)
         summary.location = plane.output_label
         return summary
 

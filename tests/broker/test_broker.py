@@ -108,6 +108,10 @@ def test_run_token_lists_signs_and_uploads_inside_its_prefixes(
             assert fetcher.get_bytes(url) == f"alpha:{key}".encode()
         [put] = signer.sign_uploads(["report/run.json"], ["application/json"])
         fetcher.put_bytes(put, b'{"ok": true}')
+        # reads under the output prefix (a checkpoint or outbox an earlier attempt wrote)
+        [get] = signer.sign_output_reads(["report/run.json"])
+        assert get.method == "GET"
+        assert fetcher.get_bytes(get) == b'{"ok": true}'
     written = f"out/{world.ns}/alpha/{world.uids['alpha']}/report/run.json"
     assert world.s3.get_object(Bucket=world.bucket, Key=written)["Body"].read() == b'{"ok": true}'
     post = signer.sign_upload_post("frames/")
@@ -123,6 +127,7 @@ def test_a_token_for_run_a_never_gets_a_url_for_run_b_or_outside_the_prefix(
         lambda: c.input_page(None, 10),
         lambda: c.sign_inputs(["a.jpg"]),
         lambda: c.sign_uploads(["x.json"]),
+        lambda: c.sign_output_reads(["report/state.json"]),
         lambda: c.sign_upload_post(""),
         lambda: c.locations(),
         lambda: c.report_progress("embedding", 1, 2),
@@ -141,6 +146,8 @@ def test_a_token_for_run_a_never_gets_a_url_for_run_b_or_outside_the_prefix(
         assert "X-Amz" not in str(refused.value)
         with pytest.raises(OutsidePrefixError):
             own.sign_uploads([bad])
+        with pytest.raises(OutsidePrefixError):
+            own.sign_output_reads([bad])
     with pytest.raises(OutsidePrefixError):
         own.sign_upload_post("../")
     # a key that merely names another run's folder stays under alpha's own prefix

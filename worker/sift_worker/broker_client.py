@@ -194,6 +194,11 @@ class BrokerClient:
             body["contentTypes"] = list(content_types)
         return [_signed(u) for u in self.call("POST", "/uploads/sign", body)["urls"]]
 
+    def sign_output_reads(self, keys: Sequence[str]) -> list[SignedURL]:
+        return [
+            _signed(u) for u in self.call("POST", "/outputs/sign", {"keys": list(keys)})["urls"]
+        ]
+
     def sign_upload_post(self, key_prefix: str = "") -> SignedPost:
         d = self.call("POST", "/uploads/post", {"keyPrefix": key_prefix})
         return SignedPost(
@@ -286,6 +291,12 @@ class BrokerSigner(RunSigner):
             raise OutsidePrefixError(self.input.uri(), "this run has no output location")
         self._check_count(keys)
         return self.client.sign_uploads(keys, content_types)
+
+    def sign_output_reads(self, keys: Sequence[str]) -> list[SignedURL]:
+        if self.output is None:
+            raise OutsidePrefixError(self.input.uri(), "this run has no output location")
+        self._check_count(keys)
+        return self.client.sign_output_reads(keys)
 
     def sign_upload_post(self, key_prefix: str = "") -> SignedPost:
         return self.client.sign_upload_post(key_prefix)

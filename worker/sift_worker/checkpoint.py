@@ -92,13 +92,7 @@ class BucketCheckpointStore:
 
     def read(self, name: str) -> bytes | None:
         from sift_worker.fetch import ObjectGoneError
-        from sift_worker.storage import RunSigner, StorageError
 
-        if (
-            self.storage.scheme == "broker"
-            and type(self.signer).sign_output_reads is RunSigner.sign_output_reads
-        ):  # a BrokerLocation would sign the key under the input prefix
-            raise StorageError(self.storage.uri(), "the broker does not sign output reads yet")
         signed = self.signer.sign_output_reads([self._key(name)])[0]
         try:
             data: bytes = self.fetcher.get_bytes(signed, self.storage.uri(self._key(name)))

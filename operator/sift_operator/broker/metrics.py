@@ -6,7 +6,15 @@ from prometheus_client import Counter, Histogram
 
 from sift_operator.metrics import REGISTRY
 
-ENDPOINTS = ("inputs", "inputs_sign", "uploads_sign", "uploads_post", "hosts", "progress")
+ENDPOINTS = (
+    "inputs",
+    "inputs_sign",
+    "uploads_sign",
+    "outputs_sign",
+    "uploads_post",
+    "hosts",
+    "progress",
+)
 
 REQUESTS = Counter(
     "sift_operator_broker_requests",

@@ -6,6 +6,8 @@ Versioned under ``/v1/runs/{namespace}/{name}/`` (see ``docs/broker.md``):
 * ``POST inputs/sign`` ``{"keys": [...]}`` — re-sign input keys (expiry refresh);
 * ``POST uploads/sign`` ``{"keys": [...], "contentTypes": [...]}`` — signed PUTs under
   the run's output prefix;
+* ``POST outputs/sign`` ``{"keys": [...]}`` — signed GETs under the run's output prefix
+  (a checkpoint or report outbox an earlier attempt of the same run wrote);
 * ``POST uploads/post`` ``{"keyPrefix": ""}`` — an S3 POST policy (``starts-with``);
 * ``GET  hosts`` — the storage hosts the worker may reach (its egress allowlist);
 * ``POST progress`` ``{"stage", "done", "total"}`` — written into the run's
@@ -135,6 +137,7 @@ class Broker:
         add("POST", API + "/inputs/sign", self._wrap(self._sign_inputs), name="inputs_sign")
         add("POST", API + "/uploads/sign", self._wrap(self._sign_uploads), name="uploads_sign")
         add("POST", API + "/uploads/post", self._wrap(self._upload_post), name="uploads_post")
+        add("POST", API + "/outputs/sign", self._wrap(self._sign_outputs), name="outputs_sign")
         add("GET", API + "/hosts", self._wrap(self._hosts), name="hosts")
         add("POST", API + "/progress", self._wrap(self._report_progress), name="progress")
         app.on_cleanup.append(self._flush_all)
@@ -271,6 +274,12 @@ class Broker:
                 raise _RefusedError(400, "contentTypes must be strings or null", "BadRequest")
         urls = await asyncio.to_thread(target.signer.sign_uploads, keys, types)
         return {"urls": [signed_json(u) for u in urls], "uri": _output_uri(target)}
+
+    async def _sign_outputs(self, request: web.Request, target: SignerFor) -> dict[str, Any]:
+        body = await _json_body(request)
+        keys = _str_list(body, "keys")
+        urls = await asyncio.to_thread(target.signer.sign_output_reads, keys)
+        return {"urls": [signed_json(u) for u in urls]}
 
     async def _upload_post(self, request: web.Request, target: SignerFor) -> dict[str, Any]:
         body = await _json_body(request)

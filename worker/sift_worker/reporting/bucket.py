@@ -36,19 +36,6 @@ def _output(plane: DataPlane) -> RemoteOutput:
     return plane.upload
 
 
-def _check_reads(out: RemoteOutput) -> None:
-    from sift_worker.storage import RunSigner
-
-    if (
-        out.storage.scheme == "broker"
-        and type(out.signer).sign_output_reads is RunSigner.sign_output_reads
-    ):  # a BrokerLocation would sign the key under the input prefix
-        raise OutboxError(
-            f"{out.storage.uri(OUTBOX_DIR + '/')}: the broker does not sign output reads yet, "
-            "so a report cannot resume from the bucket (or reuse its filename salt) there"
-        )
-
-
 def _get(out: RemoteOutput, rel: str) -> bytes | None:
     from sift_worker.fetch import ObjectGoneError
 
@@ -73,7 +60,6 @@ def download_salt(run: SelectionRun, plane: DataPlane) -> None:
     if run.spec.report is None or run.spec.report.share.filenames != "hashed":
         return
     out = _output(plane)
-    _check_reads(out)
     path = salt_path(plane.output_dir, run.spec.datasource.input)
     _fetch(out, plane.output_dir, path.relative_to(plane.output_dir).as_posix())
 
@@ -85,7 +71,6 @@ def download_outbox(run: SelectionRun, plane: DataPlane) -> bool:
     (a run whose outbox could not be written): the caller builds it.
     """
     out = _output(plane)
-    _check_reads(out)
     folder = plane.output_dir
     download_salt(run, plane)
     if not _fetch(out, folder, f"{OUTBOX_DIR}/outbox.json"):

@@ -1,9 +1,12 @@
 """End to end through the broker: a SelectionRun on S3 with a credentialsSecret, the real
 operator process (kopf + broker), a test node running the real worker with a projected
-token and no credential -> Succeeded, the selection in the output bucket."""
+token and no credential -> Succeeded, the selection in the output bucket, and the
+report (hashed filenames: the salt is read back from the bucket through the broker)
+at the project's receiver -> Reported=True."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import uuid
@@ -19,12 +22,14 @@ from harness.node import Node
 from harness.operator import OperatorProcess
 from harness.server import Kube
 from sift_worker.demo_data import generate_demo_dataset
+from sift_worker.reporting.receiver import ReceiverThread
 from storage_servers import CANARY_KEY_ID, CANARY_SECRET, Server, canary_s3_client
 
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
-LEAKS = (CANARY_SECRET, CANARY_KEY_ID, "X-Amz-Signature", "X-Amz-Credential")
+RESULTS_TOKEN = "broker-e2e-results-token-CANARY-77c1"
+LEAKS = (CANARY_SECRET, CANARY_KEY_ID, "X-Amz-Signature", "X-Amz-Credential", RESULTS_TOKEN)
 
 
 class TokenNode(Node):
@@ -111,23 +116,36 @@ def test_selection_run_on_s3_through_the_broker_succeeds_with_no_worker_credenti
     }
     run["spec"]["selection"]["nSamples"] = 4
     run["spec"]["worker"] = {"resources": {"gpu": 0, "cpu": "2", "memory": "2Gi"}}
+    receiver = ReceiverThread(tmp_path / "received", RESULTS_TOKEN).start()
+    run["spec"]["report"] = {  # share.filenames: hashed (the default)
+        "api": {"url": receiver.url, "tokenSecret": {"name": "results-api", "key": "token"}}
+    }
     kube.create(s3_secret(ns))
+    kube.create(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "results-api", "namespace": ns},
+            "data": {"token": base64.b64encode(RESULTS_TOKEN.encode()).decode()},
+        }
+    )
     # the node's environment holds no credential either (the test process has none)
     for var in [v for v in os.environ if v.startswith("AWS_")]:
         monkeypatch.delenv(var)
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
 
-    with TokenNode(kube, tmp_path / "node", api) as node:
-        uid = kube.create(run)["metadata"]["uid"]
-        done = kube.wait_for(
-            lambda: (
-                lambda r: (
-                    r if r and r.get("status", {}).get("phase") in ("Succeeded", "Failed") else None
-                )
-            )(kube.get("selectionruns", ns, name)),
-            "the run to finish",
-            timeout=150,
-        )
+    def finished_and_reported() -> dict[str, Any] | None:
+        r = kube.get("selectionruns", ns, name)
+        if not r or r.get("status", {}).get("phase") not in ("Succeeded", "Failed"):
+            return None
+        return r if condition(r, "Reported").get("reason") else None
+
+    try:
+        with TokenNode(kube, tmp_path / "node", api) as node:
+            uid = kube.create(run)["metadata"]["uid"]
+            done = kube.wait_for(finished_and_reported, "the run to finish", timeout=150)
+    finally:
+        receiver.stop()
     assert node.error is None, node.error
     logs = node.logs.get(f"sift-{name}", "")
     assert done["status"]["phase"] == "Succeeded", (
@@ -136,6 +154,12 @@ def test_selection_run_on_s3_through_the_broker_succeeds_with_no_worker_credenti
         operator.logs()[-3000:],
     )
     assert condition(done, "Succeeded")["reason"] == "JobComplete"
+    reported = condition(done, "Reported")
+    assert (reported["status"], reported["reason"]) == ("True", "Reported"), reported
+    chunks = receiver.store.chunk_indices(uid)
+    assert chunks
+    assert chunks == list(range(len(chunks)))
+    assert receiver.store.completed(uid)
     # the worker's progress reports reached the run's status through the broker
     progress = kube.wait_for(
         lambda: (kube.get("selectionruns", ns, name) or {}).get("status", {}).get("progress"),
@@ -150,6 +174,9 @@ def test_selection_run_on_s3_through_the_broker_succeeds_with_no_worker_credenti
     assert all(k.startswith(prefix) for k in keys), keys
     for artifact in ("selection.csv", "embeddings.npy", "report.html", "run.json"):
         assert prefix + artifact in keys
+    # the outbox and the filename salt (hashed ids) were kept in the user's bucket
+    assert prefix + "report/state.json" in keys
+    assert any(k.startswith(prefix + ".sift/filename-salt-") for k in keys), keys
     rows = s3.get_object(Bucket=bucket, Key=prefix + "selection.csv")["Body"].read().decode()
     assert sum(",true," in row for row in rows.splitlines()) == 4
 
@@ -167,7 +194,8 @@ def test_selection_run_on_s3_through_the_broker_succeeds_with_no_worker_credenti
         for leak in (CANARY_SECRET, CANARY_KEY_ID):
             assert leak not in text
     secret_volumes = [v for v in job["spec"]["template"]["spec"]["volumes"] if "secret" in v]
-    assert secret_volumes == []
+    # the results API token is the only Secret the worker sees; no storage credential
+    assert [v["secret"]["secretName"] for v in secret_volumes] == ["results-api"]
     # no secret, token or signed URL in logs, status, events or ConfigMaps
     texts = [logs, operator.logs(), json.dumps(done), json.dumps(kube.list("events", ns))]
     texts.append(json.dumps(kube.list("configmaps", ns)))

@@ -160,6 +160,9 @@ def test_selection_run_on_s3_through_the_broker_succeeds_with_no_worker_credenti
     assert chunks
     assert chunks == list(range(len(chunks)))
     assert receiver.store.completed(uid)
+    # heartbeats went out while it worked, though the output is a bucket (the uid is the run's)
+    beats = (receiver.store.run_dir(uid) / "heartbeats.jsonl").read_text().splitlines()
+    assert {json.loads(b)["stage"] for b in beats} >= {"embedding"}, beats
     # the worker's progress reports reached the run's status through the broker
     progress = kube.wait_for(
         lambda: (kube.get("selectionruns", ns, name) or {}).get("status", {}).get("progress"),

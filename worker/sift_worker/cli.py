@@ -107,9 +107,10 @@ def _execute(args: argparse.Namespace) -> int:
     bars = False if (args.no_progress_bars or args.log_format == "json") else None
     beats = None
     output = _volume(run, "output")
-    if run.spec.report is not None and output is not None:
+    if run.spec.report is not None and (output is not None or run.metadata.uid):
         from sift_worker.reporting.heartbeat import Heartbeats
 
+        # a bucket output beats too in a cluster, where the run's uid needs no file
         beats = Heartbeats(run, output, os.environ)
     from sift_worker.broker_client import BrokerProgress, client_from_env
 

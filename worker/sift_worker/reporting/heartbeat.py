@@ -36,7 +36,7 @@ class Heartbeats:
     def __init__(
         self,
         run: SelectionRun,
-        output_dir: Path,
+        output_dir: Path | None,
         env: Mapping[str, str],
         *,
         interval: float = 10.0,
@@ -79,9 +79,11 @@ class Heartbeats:
         except ValueError:
             return  # reporting will say so
         if self._run.metadata.uid:
-            uid = run_uid(self._run, self._output)
-        else:
+            uid = run_uid(self._run, self._output or Path())  # the uid alone: no file
+        elif self._output is not None:
             uid = begin_local_run(self._output)
+        else:  # a local run on a bucket keeps its uid in the outbox the report writes
+            return
         self.uid = uid
         assert self._run.spec.report is not None
         client = ResultsClient(

@@ -23,7 +23,7 @@ from harness.operator import OperatorProcess
 from harness.server import Kube
 from sift_worker.demo_data import generate_demo_dataset
 from sift_worker.reporting.receiver import ReceiverThread
-from storage_servers import CANARY_KEY_ID, CANARY_SECRET, Server, canary_s3_client
+from storage_servers import CANARY_KEY_ID, CANARY_SECRET, Server, canary_s3_client, upload_tree
 
 pytestmark = pytest.mark.slow
 
@@ -101,12 +101,7 @@ def test_selection_run_on_s3_through_the_broker_succeeds_with_no_worker_credenti
     s3 = canary_s3_client(moto.endpoint)
     bucket = f"e2e-{uuid.uuid4().hex[:10]}"
     s3.create_bucket(Bucket=bucket)
-    for path in sorted(p for p in demo.root.rglob("*") if p.is_file()):
-        s3.put_object(
-            Bucket=bucket,
-            Key=f"cams/{path.relative_to(demo.root).as_posix()}",
-            Body=path.read_bytes(),
-        )
+    upload_tree(s3, bucket, demo.root, "cams/")
     run: dict[str, Any] = yaml.safe_load((ROOT / "examples" / "demo.yaml").read_text())
     loc = {"bucket": bucket, "endpoint": moto.endpoint, "region": "us-east-1"}
     run["metadata"] = {"name": name, "namespace": ns}

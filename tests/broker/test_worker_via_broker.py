@@ -19,7 +19,7 @@ from sift_worker.api.v1alpha1 import SelectionRun
 from sift_worker.capabilities import unsupported_features
 from sift_worker.cli import EXIT_OK, main
 from sift_worker.demo_data import generate_demo_dataset
-from storage_servers import CANARY_KEY_ID, CANARY_SECRET, Server, canary_s3_client
+from storage_servers import CANARY_KEY_ID, CANARY_SECRET, Server, canary_s3_client, upload_tree
 
 ROOT = Path(__file__).resolve().parents[2]
 LEAKS = (CANARY_SECRET, CANARY_KEY_ID, "X-Amz-Signature", "X-Amz-Credential")
@@ -50,9 +50,7 @@ def test_worker_runs_through_the_broker_with_no_credential(
     s3 = canary_s3_client(moto.endpoint)
     bucket = f"w-{uuid.uuid4().hex[:10]}"
     s3.create_bucket(Bucket=bucket)
-    for path in sorted(p for p in demo.root.rglob("*") if p.is_file()):
-        key = f"cams/{path.relative_to(demo.root).as_posix()}"
-        s3.put_object(Bucket=bucket, Key=key, Body=path.read_bytes())
+    upload_tree(s3, bucket, demo.root, "cams/")
     doc: dict[str, Any] = yaml.safe_load((ROOT / "examples" / "demo.yaml").read_text())
     loc = {"bucket": bucket, "endpoint": moto.endpoint, "region": "us-east-1"}
     doc["spec"]["datasource"] = {

@@ -32,6 +32,8 @@ from storage_servers import (
     canary_s3_client,
     free_port,
     moto_process,
+    set_canary_aws_env,
+    upload_tree,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -55,12 +57,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> DemoDataset:
 
 @pytest.fixture
 def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", CANARY_KEY_ID)
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", CANARY_SECRET)
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+    set_canary_aws_env(monkeypatch)
     monkeypatch.setenv("SIFT_RESULTS_TOKEN", CANARY_TOKEN)
     monkeypatch.setenv("SIFT_TERMINATION_LOG", str(tmp_path / "termination-log"))
     monkeypatch.setenv("SIFT_REPORT_RETRY_BUDGET", "0.5")
@@ -72,10 +69,7 @@ def _buckets(moto: Server, demo: DemoDataset) -> tuple[Any, str, str]:
     inb, outb = f"in-{uuid.uuid4().hex[:8]}", f"out-{uuid.uuid4().hex[:8]}"
     client.create_bucket(Bucket=inb)
     client.create_bucket(Bucket=outb)
-    for path in sorted(p for p in demo.root.rglob("*") if p.is_file()):
-        client.put_object(
-            Bucket=inb, Key="cams/" + path.relative_to(demo.root).as_posix(), Body=path.read_bytes()
-        )
+    upload_tree(client, inb, demo.root, "cams/")
     return client, inb, outb
 
 

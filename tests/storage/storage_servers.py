@@ -39,6 +39,27 @@ CANARY_KEY_ID = "CANARYKEYIDX00000001"  # a fake access key id (not AWS-shaped o
 CANARY_SECRET = "canary-secret-Zq8xWv2Lr6Tn4Pm0Ys9Bd3Kf7Hj1"
 
 
+def upload_tree(client: Any, bucket: str, root: Path, prefix: str = "") -> list[str]:
+    """Every file under ``root`` into ``bucket`` at ``prefix`` + its relative path, in
+    name order; the relative paths."""
+    keys = []
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        rel = path.relative_to(root).as_posix()
+        client.put_object(Bucket=bucket, Key=prefix + rel, Body=path.read_bytes())
+        keys.append(rel)
+    return keys
+
+
+def set_canary_aws_env(monkeypatch: Any) -> None:
+    """boto3 in this process finds the canary credentials and nothing of the host's."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", CANARY_KEY_ID)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", CANARY_SECRET)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+
+
 def canary_s3_client(endpoint: str) -> Any:
     """A boto3 S3 client for a local server, holding the canary credentials the leak
     checks look for."""

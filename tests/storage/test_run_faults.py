@@ -16,7 +16,12 @@ import pytest
 import yaml
 from sift_worker.cli import EXIT_FAILED, main
 from sift_worker.demo_data import DemoDataset, generate_demo_dataset
-from storage_servers import CANARY_KEY_ID, CANARY_SECRET, Server, canary_s3_client
+from storage_servers import (
+    CANARY_SECRET,
+    Server,
+    canary_s3_client,
+    set_canary_aws_env,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 HOP = {"host", "content-length", "connection", "transfer-encoding"}
@@ -100,11 +105,7 @@ def _setup(proxy: FailingProxy, demo: DemoDataset, tmp: Path, out: dict[str, Any
 
 @pytest.fixture
 def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", CANARY_KEY_ID)
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", CANARY_SECRET)
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+    set_canary_aws_env(monkeypatch)
 
 
 def test_an_input_object_that_keeps_failing_fails_the_run_naming_it(

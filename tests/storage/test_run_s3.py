@@ -14,7 +14,14 @@ from sift_worker.cli import EXIT_FAILED, EXIT_OK, main
 from sift_worker.demo_data import DemoDataset, generate_demo_dataset
 from sift_worker.fetch import Fetcher
 from sift_worker.imaging import CorruptImage
-from storage_servers import CANARY_KEY_ID, CANARY_SECRET, Server, canary_s3_client
+from storage_servers import (
+    CANARY_KEY_ID,
+    CANARY_SECRET,
+    Server,
+    canary_s3_client,
+    set_canary_aws_env,
+    upload_tree,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 LEAKS = (CANARY_SECRET, CANARY_KEY_ID, "X-Amz-Signature", "X-Amz-Credential", "Signature=")
@@ -34,12 +41,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> DemoDataset:
 
 @pytest.fixture
 def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", CANARY_KEY_ID)
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", CANARY_SECRET)
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+    set_canary_aws_env(monkeypatch)
 
 
 def _client(server: Server) -> Any:
@@ -48,12 +50,7 @@ def _client(server: Server) -> Any:
 
 def _upload(client: Any, bucket: str, prefix: str, root: Path) -> list[str]:
     client.create_bucket(Bucket=bucket)
-    keys = []
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        rel = path.relative_to(root).as_posix()
-        client.put_object(Bucket=bucket, Key=prefix + rel, Body=path.read_bytes())
-        keys.append(rel)
-    return keys
+    return upload_tree(client, bucket, root, prefix)
 
 
 def _manifest(tmp_path: Path, inp: dict[str, Any], out: dict[str, Any], name: str) -> Path:

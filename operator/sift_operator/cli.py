@@ -91,6 +91,7 @@ def run_operator(args: argparse.Namespace) -> int:
     """``sift-operator run``: settings, metrics server, then kopf until a signal stops it."""
     import asyncio
     import contextlib
+    import logging
     import random
 
     import kopf
@@ -121,6 +122,11 @@ def run_operator(args: argparse.Namespace) -> int:
         "full": kopf.LogFormat.FULL,
     }[args.log_format]
     kopf.configure(verbose=args.verbose, log_format=log_format)
+    if not args.verbose:
+        # kopf logs every handler call's success at INFO: a line per watch event of every
+        # run, Job and Pod. Our own log and Events say what happens; kopf's warnings and
+        # errors still come through.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     if args.metrics_port:
         start_http_server(args.metrics_port, addr=args.metrics_address, registry=REGISTRY)
     priority = args.priority

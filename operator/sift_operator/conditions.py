@@ -7,6 +7,7 @@ live) and bearer tokens, and bounded in length.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -84,6 +85,7 @@ _KEY_VALUE = re.compile(
 _SCHEME = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]+")
 
 
+@functools.lru_cache(maxsize=4096)  # most messages repeat across runs and reconciles
 def sanitize(message: str, limit: int = MAX_MESSAGE) -> str:
     """A message safe for status and events: no query strings, no tokens, bounded."""
     text = redact(message)

@@ -159,8 +159,8 @@ async def sift_pods(namespace: str | None, body: kopf.Body, **_: Any) -> dict[An
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
-async def run_event(type: str, namespace: str | None, name: str, **_: Any) -> None:
-    runtime().run_event(type, (namespace or "", name))
+async def run_event(type: str, namespace: str | None, name: str, body: kopf.Body, **_: Any) -> None:
+    runtime().run_event(type, (namespace or "", name), body)
 
 
 @kopf.on.event("batch", "v1", "jobs", labels=OURS)

@@ -99,6 +99,46 @@ def test_overlay_shows_our_write_until_the_index_catches_up(monkeypatch: Any) ->
     assert overlay.newest(key, old) is old  # expired: the index is the truth
 
 
+@pytest.mark.parametrize(
+    ("written", "event", "echo"),
+    [
+        ("7", "7", True),  # our own write coming back through the watch
+        ("7", "8", False),  # someone changed it after us (a user's spec edit)
+        ("7", "6", False),  # an older event still in flight
+        (None, "7", False),  # nothing written by us (e.g. after a restart)
+        ("0", "0", False),  # opaque resourceVersions are never taken for an echo
+    ],
+)
+def test_overlay_tells_the_echo_of_our_own_write(
+    written: str | None, event: str, echo: bool
+) -> None:
+    overlay = Overlay()
+    key = ("ns", "r")
+    if written is not None:
+        overlay.put(key, {"metadata": {"resourceVersion": written}})
+    assert overlay.echoes(key, {"metadata": {"resourceVersion": event}}) is echo
+    assert overlay.echoes(("ns", "other"), {"metadata": {"resourceVersion": event}}) is False
+
+
+def test_the_echo_of_a_status_write_or_a_created_job_is_not_reconciled_again() -> None:
+    from sift_operator.handlers.runtime import Runtime
+
+    async def main() -> list[tuple[str, str]]:
+        rt = Runtime(OperatorSettings(), FakeKube(), {}, {}, {})  # type: ignore[arg-type]
+        key = ("ns", "r")
+        rt.views.run_writes.put(key, {"metadata": {"resourceVersion": "7"}})
+        rt.views.job_writes.put(key, {"metadata": {"resourceVersion": "8"}})
+        rt.run_event("MODIFIED", key, {"metadata": {"resourceVersion": "7"}})
+        rt.job_event("ADDED", key, {"metadata": {"resourceVersion": "8"}}, "sift-r")
+        echoes_queued = len(rt.queue)
+        assert rt.views.job_runs[("ns", "sift-r")] == "r"  # the Job is still mapped
+        rt.run_event("MODIFIED", key, {"metadata": {"resourceVersion": "9"}})
+        rt.job_event("MODIFIED", ("ns", "s"), {"metadata": {"resourceVersion": "8"}}, "sift-s")
+        return [("echoes", str(echoes_queued)), ("changes", str(len(rt.queue)))]
+
+    assert asyncio.run(main()) == [("echoes", "0"), ("changes", "2")]
+
+
 def test_views_take_status_from_our_write_and_spec_from_the_index() -> None:
     cached = {"metadata": {"resourceVersion": "3"}, "spec": {"v": 2}, "status": {"phase": "A"}}
     views = Views({("ns", "r"): [cached]}, {}, {})

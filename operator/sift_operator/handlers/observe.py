@@ -83,6 +83,13 @@ class Overlay:
             return cached
         return body
 
+    def echoes(self, key: Key, body: Mapping[str, Any]) -> bool:
+        """Is ``body`` the watch's echo of our own write (same resourceVersion)? It then
+        brings nothing the reconcile that wrote it did not already know."""
+        hit = self._items.get(key)
+        version = resource_version(body)
+        return hit is not None and version != 0 and resource_version(hit[1]) == version
+
     def __len__(self) -> int:
         return len(self._items)
 

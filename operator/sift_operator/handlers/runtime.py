@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 from sift_operator import metrics
 from sift_operator.handlers.eventing import EventRecorder
@@ -63,13 +64,17 @@ class Runtime:
 
     # --- entry points for kopf's handlers ---
 
-    def run_event(self, event_type: str | None, key: Key) -> None:
+    def run_event(
+        self, event_type: str | None, key: Key, run: Mapping[str, Any] | None = None
+    ) -> None:
         self.ready.set()
         if event_type == "DELETED":
             self.queue.forget(key)
             self.reconciler.forget(key)
             self.kick_waiting()
             return
+        if run is not None and self.views.run_writes.echoes(key, run):
+            return  # our own status write coming back: a reconcile would change nothing
         self.queue.add(key)
 
     def job_event(self, event_type: str | None, key: Key, job: Obj, job_name: str) -> None:
@@ -79,6 +84,8 @@ class Runtime:
             self.views.job_runs.pop(job_key, None)
         else:
             self.views.job_runs[job_key] = key[1]
+            if self.views.job_writes.echoes(key, job) or self.views.report_writes.echoes(key, job):
+                return  # the Job as we created or patched it: nothing new to act on
         self.queue.add(key)
         if event_type == "DELETED" or job_finished(job):
             self.kick_waiting()

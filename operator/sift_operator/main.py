@@ -99,7 +99,7 @@ def _snapshot(body: Any) -> dict[str, Any]:
 async def startup(settings: kopf.OperatorSettings, **kwargs: Any) -> None:
     configure_kopf(settings, fast=CONFIG.fast, peering_mandatory=CONFIG.peering_mandatory)
     kube = Kube(connection_from_environment())
-    sift_settings = await _start_broker(CONFIG.settings, kube)
+    sift_settings = await _start_broker(CONFIG.settings, kube, kwargs["sift_pods"])
     rt = Runtime(
         sift_settings,
         kube,
@@ -116,14 +116,15 @@ async def startup(settings: kopf.OperatorSettings, **kwargs: Any) -> None:
     )
 
 
-async def _start_broker(settings: OperatorSettings, kube: Kube) -> OperatorSettings:
-    """Serve the broker (docs/broker.md); the settings gain its CA for the workers."""
+async def _start_broker(settings: OperatorSettings, kube: Kube, pods: Any) -> OperatorSettings:
+    """Serve the broker (docs/broker.md); the settings gain its CA for the workers.
+    ``pods``: the pod index, for checking that a token's pod is its run's."""
     if not settings.broker_enabled:
         return settings
     from sift_operator.broker import start_broker
 
     try:
-        server = await start_broker(settings, kube)
+        server = await start_broker(settings, kube, pods=pods)
     except OSError as exc:  # e.g. the port is taken: runs on object storage will fail
         log.error("the broker could not listen on port %d: %s", settings.broker_port, exc)
         return settings

@@ -1,5 +1,5 @@
 """Helpers of the broker tests: the KMock emulator with TokenReview, the broker in a thread,
-run and Secret objects (the fixtures are in conftest.py)."""
+run, pod and Secret objects (the fixtures are in conftest.py)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import base64
 import logging
 import sys
 import threading
+import uuid
+from collections.abc import Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +24,12 @@ sys.path[:0] = [str(HERE.parent / "storage"), str(HERE.parent / "operator")]
 from harness.emulator import SiftEmulator  # noqa: E402
 from harness.server import EmulatorServer  # noqa: E402
 from sift_operator.broker import BrokerServer, start_broker  # noqa: E402
-from sift_operator.broker.auth import TOKENREVIEW_PATH  # noqa: E402
+from sift_operator.broker.auth import (  # noqa: E402
+    POD_NAME_CLAIM,
+    POD_UID_CLAIM,
+    TOKENREVIEW_PATH,
+    PodIndex,
+)
 from sift_operator.broker.tls import BrokerTLS  # noqa: E402
 from sift_operator.kube import Connection  # noqa: E402
 from sift_operator.kube import Kube as AsyncKube  # noqa: E402
@@ -38,9 +45,13 @@ logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 @attrs.define(kw_only=True)
 class TokenReviewEmulator(SiftEmulator):
-    """The emulator plus ``POST tokenreviews``: tokens the test registered, with audiences."""
+    """The emulator plus ``POST tokenreviews``: tokens the test registered, with audiences
+    and (for a token bound to a pod, as the kubelet's projected ones are) the pod's name
+    and uid, answered in ``user.extra`` as the API server does."""
 
-    tokens: dict[str, tuple[str, tuple[str, ...]]] = attrs.field(factory=dict, init=False)
+    tokens: dict[
+        str, tuple[str, tuple[str, ...]] | tuple[str, tuple[str, ...], Mapping[str, Any]]
+    ] = attrs.field(factory=dict, init=False)
     reviews: list[dict[str, Any]] = attrs.field(factory=list, init=False)
 
     async def _handle(self, request: Any) -> Any:
@@ -55,14 +66,15 @@ class TokenReviewEmulator(SiftEmulator):
         found = self.tokens.get(str(spec.get("token")))
         status: dict[str, Any] = {"authenticated": False, "error": "invalid bearer token"}
         if found is not None:
-            username, audiences = found
+            username, audiences = found[0], found[1]
+            pod: Mapping[str, Any] = found[2] if len(found) > 2 else {}  # type: ignore[misc]
             common = [a for a in wanted if a in audiences] if wanted else list(audiences)
             if common:
-                status = {
-                    "authenticated": True,
-                    "audiences": common,
-                    "user": {"username": username, "groups": ["system:serviceaccounts"]},
-                }
+                user: dict[str, Any] = {"username": username, "groups": ["system:serviceaccounts"]}
+                if pod:
+                    meta = pod["metadata"]
+                    user["extra"] = {POD_NAME_CLAIM: [meta["name"]], POD_UID_CLAIM: [meta["uid"]]}
+                status = {"authenticated": True, "audiences": common, "user": user}
         answer = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": {}}
         return aiohttp.web.json_response({**answer, "status": status}, status=201)
 
@@ -80,6 +92,7 @@ class BrokerThread:
     api_url: str
     settings: OperatorSettings
     tls: BrokerTLS
+    pods: PodIndex | None = None  # the operator's pod index (None: pods read from the API)
     server: BrokerServer | None = None
     loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.new_event_loop)
     thread: threading.Thread | None = None
@@ -89,7 +102,9 @@ class BrokerThread:
         self.thread.start()
         self.kube = AsyncKube(Connection(self.api_url, None, lambda: "operator-token"))
         self.server = self.call(
-            start_broker(self.settings, self.kube, tls=self.tls, host="127.0.0.1", port=0)
+            start_broker(
+                self.settings, self.kube, tls=self.tls, host="127.0.0.1", port=0, pods=self.pods
+            )
         )
         return self
 
@@ -138,4 +153,70 @@ def s3_run(namespace: str, name: str, endpoint: str, bucket: str) -> dict[str, A
             "input": {"type": "images", "embeddings": {"model": "tiny"}},
             "selection": {"nSamples": 2},
         },
+    }
+
+
+def register_token(
+    api: ReviewingServer,
+    namespace: str,
+    service_account: str,
+    pod: Mapping[str, Any] | None,
+    audience: str = AUDIENCE,
+) -> str:
+    """A token the emulator's TokenReview accepts: ``service_account``'s, bound to ``pod``."""
+    token = f"tok-{uuid.uuid4().hex}"
+    user = f"system:serviceaccount:{namespace}:{service_account}"
+    api.emulator.tokens[token] = (user, (audience,), pod) if pod else (user, (audience,))
+    return token
+
+
+def run_job(namespace: str, run: str, run_uid: str, *, name: str | None = None) -> dict[str, Any]:
+    """A Job of run ``run`` (``sift-<run>`` unless ``name``), owned by the run."""
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": name or f"sift-{run}",
+            "namespace": namespace,
+            "labels": {"sift.dev/run": run, "sift.dev/run-uid": run_uid},
+            "ownerReferences": [
+                {
+                    "apiVersion": "sift.dev/v1alpha1",
+                    "kind": "SelectionRun",
+                    "name": run,
+                    "uid": run_uid,
+                    "controller": True,
+                    "blockOwnerDeletion": True,
+                }
+            ],
+        },
+        "spec": {"template": {"spec": {"containers": [{"name": "worker"}]}}},
+    }
+
+
+def worker_pod(
+    job: Mapping[str, Any], run: str, run_uid: str, *, suffix: str = ""
+) -> dict[str, Any]:
+    """A pod as the Job controller makes it for ``job`` (an object with a uid), labelled
+    for run ``run`` of uid ``run_uid``."""
+    meta = job["metadata"]
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": f"{meta['name']}-{suffix or uuid.uuid4().hex[:5]}",
+            "namespace": meta["namespace"],
+            "labels": {"sift.dev/run": run, "sift.dev/run-uid": run_uid, "job-name": meta["name"]},
+            "ownerReferences": [
+                {
+                    "apiVersion": "batch/v1",
+                    "kind": "Job",
+                    "name": meta["name"],
+                    "uid": meta.get("uid") or str(uuid.uuid4()),
+                    "controller": True,
+                    "blockOwnerDeletion": True,
+                }
+            ],
+        },
+        "spec": {"serviceAccountName": f"sift-{run}", "containers": [{"name": "worker"}]},
     }

@@ -21,7 +21,16 @@ from typing import Any
 
 import httpx
 import pytest
-from brokerkit import AUDIENCE, BrokerThread, ReviewingServer, s3_run, s3_secret
+from brokerkit import (
+    AUDIENCE,
+    BrokerThread,
+    ReviewingServer,
+    register_token,
+    run_job,
+    s3_run,
+    s3_secret,
+    worker_pod,
+)
 from harness.server import Kube
 from sift_operator.broker import broker_tls
 from sift_operator.broker.metrics import REQUESTS
@@ -41,7 +50,8 @@ def _s3(moto: Server) -> Any:
 
 
 class World:
-    """One namespace with two runs (alpha, beta) on one bucket, and a token for each."""
+    """One namespace with two runs (alpha, beta) on one bucket, and a token for each
+    (bound to a pod of the run's Job, as the kubelet's projected tokens are)."""
 
     def __init__(self, api: ReviewingServer, kube: Kube, moto: Server, ns: str) -> None:
         self.api, self.kube, self.ns = api, kube, ns
@@ -54,19 +64,33 @@ class World:
             s3.put_object(Bucket=self.bucket, Key=f"{run}/in/.sift/hidden", Body=b"h")
         self.s3 = s3
         kube.create(s3_secret(ns))
-        self.uids = {}
+        self.uids: dict[str, str] = {}
+        self.jobs: dict[str, dict[str, Any]] = {}
         for run in ("alpha", "beta"):
             made = kube.create(s3_run(ns, run, moto.endpoint, self.bucket))
             self.uids[run] = made["metadata"]["uid"]
         self.tokens = {run: self.token(f"sift-{run}") for run in ("alpha", "beta")}
 
-    def token(self, sa: str, ns: str | None = None, audience: str = AUDIENCE) -> str:
-        token = f"tok-{uuid.uuid4().hex}"
-        self.api.emulator.tokens[token] = (
-            f"system:serviceaccount:{ns or self.ns}:{sa}",
-            (audience,),
-        )
-        return token
+    def pod(self, run: str, *, job: str | None = None, uid: str | None = None) -> dict[str, Any]:
+        """A pod of run ``run``'s Job (or the Job ``job`` of that run), created in the API."""
+        name = job or f"sift-{run}"
+        if name not in self.jobs:
+            self.jobs[name] = self.kube.create(run_job(self.ns, run, self.uids[run], name=name))
+        return self.kube.create(worker_pod(self.jobs[name], run, uid or self.uids[run]))
+
+    def token(
+        self,
+        sa: str,
+        ns: str | None = None,
+        audience: str = AUDIENCE,
+        pod: dict[str, Any] | None = None,
+    ) -> str:
+        """A token of ServiceAccount ``sa``, bound to ``pod`` (default: a new pod of the
+        run ``sift-<run>`` names, when that run is in this world)."""
+        run = sa.removeprefix("sift-")
+        if pod is None and ns in (None, self.ns) and run in self.uids:
+            pod = self.pod(run)
+        return register_token(self.api, ns or self.ns, sa, pod, audience)
 
 
 @pytest.fixture
@@ -355,7 +379,7 @@ def test_a_volume_input_is_never_listed_from_the_operators_file_system(
 ) -> None:
     run = s3_run(world.ns, "vol", moto.endpoint, world.bucket)
     run["spec"]["datasource"]["input"] = {"volume": {"claimName": "data", "path": "/"}}
-    kube.create(run)
+    world.uids["vol"] = kube.create(run)["metadata"]["uid"]
     c = client(broker, tls, tmp_path, world.token("sift-vol"), world.ns, "vol")
     for call in (lambda: c.input_page(None, 10), lambda: c.sign_inputs(["etc/passwd"])):
         with pytest.raises(OutsidePrefixError) as err:
@@ -364,3 +388,68 @@ def test_a_volume_input_is_never_listed_from_the_operators_file_system(
     [put] = c.sign_uploads(["selection.csv"])  # the S3 output is signed as usual
     assert f"/{world.bucket}/out/{world.ns}/vol/" in put.url
     c.close()
+
+
+def test_the_tokens_pod_must_be_a_live_pod_of_the_runs_job(
+    broker: BrokerThread, tls: BrokerTLS, world: World, tmp_path: Path, kube: Kube
+) -> None:
+    def refused(token: str) -> str:
+        c = client(broker, tls, tmp_path, token, world.ns, "alpha")
+        with pytest.raises(BrokerError) as err:
+            c.sign_inputs(["a.jpg"])
+        c.close()
+        assert (err.value.status, err.value.kind) == (403, "Forbidden"), err.value
+        assert token not in str(err.value)
+        return err.value.reason
+
+    sa = "sift-alpha"
+    other_job = world.pod("beta")
+    assert "controlled by Job sift-beta, not by run alpha's Job" in refused(
+        world.token(sa, pod=other_job)
+    )
+    real = world.pod("alpha")
+    impostor = {**real, "metadata": {**real["metadata"], "uid": str(uuid.uuid4())}}
+    assert "uid differs" in refused(world.token(sa, pod=impostor))
+    gone = world.pod("alpha")
+    gone_token = world.token(sa, pod=gone)
+    kube.delete("pods", world.ns, gone["metadata"]["name"])
+    assert "does not exist" in refused(gone_token)
+    legacy = register_token(world.api, world.ns, sa, None)  # a token bound to no pod
+    assert "not bound to a pod" in refused(legacy)
+    earlier = world.pod("alpha", uid=str(uuid.uuid4()))  # a pod of an earlier run "alpha"
+    assert "earlier run" in refused(world.token(sa, pod=earlier))
+    done = world.pod("alpha")
+    kube.patch(
+        "pods", world.ns, done["metadata"]["name"], {"status": {"phase": "Succeeded"}}, status=True
+    )
+    assert "has finished" in refused(world.token(sa, pod=done))
+
+    # the worker's pod and the report Job's pod of the same run are accepted
+    for pod in (world.pod("alpha"), world.pod("alpha", job="sift-alpha-report")):
+        c = client(broker, tls, tmp_path, world.token(sa, pod=pod), world.ns, "alpha")
+        [url] = c.sign_inputs(["a.jpg"])
+        assert f"/{world.bucket}/alpha/in/a.jpg?" in url.url
+        c.close()
+
+
+def test_pods_are_read_from_the_operators_index_before_the_api(
+    api: ReviewingServer, tls: BrokerTLS, world: World, tmp_path: Path
+) -> None:
+    job = run_job(world.ns, "alpha", world.uids["alpha"])
+    indexed = worker_pod(job, "alpha", world.uids["alpha"])  # in the index only, not the API
+    indexed["metadata"]["uid"] = str(uuid.uuid4())
+    index = {(world.ns, "sift-alpha"): [indexed]}
+    with BrokerThread(api.url, OperatorSettings(), tls, pods=index) as thread:
+        assert thread.server is not None
+        binding = thread.server.broker.pod_binding
+        c = client(thread, tls, tmp_path, world.token("sift-alpha", pod=indexed), world.ns, "alpha")
+        for _ in range(3):
+            c.sign_inputs(["a.jpg"])
+        assert binding.lookups == 0  # no pods GET: the index had it
+        c.close()
+        # a pod the index does not hold yet is read from the API, once per cache period
+        c = client(thread, tls, tmp_path, world.token("sift-alpha"), world.ns, "alpha")
+        for _ in range(3):
+            c.sign_inputs(["a.jpg"])
+        assert binding.lookups == 1
+        c.close()

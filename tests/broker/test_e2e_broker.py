@@ -33,12 +33,24 @@ LEAKS = (CANARY_SECRET, CANARY_KEY_ID, "X-Amz-Signature", "X-Amz-Credential", RE
 
 
 class TokenNode(Node):
-    """The node plus the kubelet's projected ServiceAccount token, registered for review."""
+    """The node plus the kubelet's projected ServiceAccount token, registered for review
+    and bound to the pod the node creates for the Job (as the kubelet's token is)."""
 
     def __init__(self, kube: Kube, root: Path, api: ReviewingServer) -> None:
         super().__init__(kube, root, timeout=180)
         self.api = api
         self.tokens: list[str] = []
+        self._unbound: list[tuple[str, str, tuple[str, ...]]] = []
+        create_pod = self.ctl.create_pod
+
+        def create_and_bind(job: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+            pod = create_pod(job, **kwargs)
+            for token, user, audiences in self._unbound:
+                self.api.emulator.tokens[token] = (user, audiences, pod)
+            self._unbound.clear()
+            return pod
+
+        self.ctl.create_pod = create_and_bind  # type: ignore[method-assign]
 
     def _mounts(self, job: dict[str, Any], workdir: Path) -> dict[str, Path]:
         mounts = super()._mounts(job, workdir)
@@ -53,7 +65,7 @@ class TokenNode(Node):
                 token = f"tok-{uuid.uuid4().hex}"
                 user = f"system:serviceaccount:{job['metadata']['namespace']}:"
                 user += pod["serviceAccountName"]
-                self.api.emulator.tokens[token] = (user, (sat["audience"],))
+                self._unbound.append((token, user, (sat["audience"],)))  # bound at creation
                 self.tokens.append(token)
                 (mounts[mount["mountPath"]] / sat["path"]).write_text(token)
         return mounts
@@ -135,6 +147,7 @@ def test_selection_run_on_s3_through_the_broker_succeeds_with_no_worker_credenti
             return None
         return r if condition(r, "Reported").get("reason") else None
 
+    pod_reads = api.emulator.counts[("GET", "pods")]
     try:
         with TokenNode(kube, tmp_path / "node", api) as node:
             uid = kube.create(run)["metadata"]["uid"]
@@ -142,6 +155,9 @@ def test_selection_run_on_s3_through_the_broker_succeeds_with_no_worker_credenti
     finally:
         receiver.stop()
     assert node.error is None, node.error
+    # the broker found the token's pod in the operator's pod index: no pods GET (the
+    # operator's list and watch of pods were counted before the run)
+    assert api.emulator.counts[("GET", "pods")] == pod_reads
     logs = node.logs.get(f"sift-{name}", "")
     assert done["status"]["phase"] == "Succeeded", (
         done["status"],

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import yaml
-from brokerkit import AUDIENCE, BrokerThread, ReviewingServer, s3_secret
+from brokerkit import BrokerThread, ReviewingServer, register_token, run_job, s3_secret, worker_pod
 from harness.server import Kube
 from sift_operator.broker.tls import BrokerTLS
 from sift_worker.api.v1alpha1 import SelectionRun
@@ -66,8 +66,9 @@ def test_worker_runs_through_the_broker_with_no_credential(
     doc["metadata"]["uid"] = uid
     manifest = tmp_path / "run.yaml"
     manifest.write_text(yaml.safe_dump(doc))
-    token = f"tok-{uuid.uuid4().hex}"
-    api.emulator.tokens[token] = (f"system:serviceaccount:{ns}:sift-{name}", (AUDIENCE,))
+    job = kube.create(run_job(ns, name, uid))
+    pod = kube.create(worker_pod(job, name, uid))  # the token is bound to the Job's pod
+    token = register_token(api, ns, f"sift-{name}", pod)
     (tmp_path / "token").write_text(token)
     (tmp_path / "ca.crt").write_bytes(tls.ca_pem)
     for var in [v for v in os.environ if v.startswith(("AWS_", "SIFT_"))]:

@@ -49,6 +49,13 @@ def _declared(ns: str | None) -> list[Declared]:
             "the broker reads the caller's run (its spec and uid) for each worker request",
         ),
         Declared(
+            Request(ns, "", "pods", "get", "x"),
+            "sift_operator.broker.auth",
+            'self.kube.get("v1", "Pod", ident.namespace, ident.pod)',
+            "the broker reads a token's pod that the operator's pod index does not hold yet "
+            "(just created), to check that it is a pod of the run's Job",
+        ),
+        Declared(
             Request(ns, "", "events", "get", "x"),
             "sift_operator.handlers.eventing",
             'self.kube.get("v1", "Event"',

@@ -71,7 +71,7 @@ app.kubernetes.io/component: operator
   verbs: ["get", "list", "watch", "create", "patch"]
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["list", "watch"]
+  verbs: ["get", "list", "watch"]
 - apiGroups: [""]
   resources: ["serviceaccounts", "configmaps"]
   verbs: ["create"]

@@ -15,6 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
+from sift_operator.broker.auth import PodIndex
 from sift_operator.broker.server import Broker, BrokerConfig
 from sift_operator.broker.tls import BrokerTLS, load_tls, make_self_signed, service_dns_names
 from sift_operator.settings import OperatorSettings
@@ -136,10 +137,13 @@ async def start_broker(
     tls: BrokerTLS | None = None,
     host: str | None = None,
     port: int | None = None,
+    pods: PodIndex | None = None,
 ) -> BrokerServer:
-    """Serve the broker on ``host:port`` (default: the settings) over TLS."""
+    """Serve the broker on ``host:port`` (default: the settings) over TLS; ``pods`` is the
+    operator's index of its pods (``(namespace, Job name) -> pods``), read to check that a
+    token's pod belongs to the run's Job before asking the API."""
     tls = tls or await broker_tls(settings, kube)
-    broker = Broker(kube, config_from_settings(settings))
+    broker = Broker(kube, config_from_settings(settings), pods=pods)
     runner = web.AppRunner(
         broker.app(),
         access_log=None,  # request lines carry query strings (page tokens): none logged

@@ -46,7 +46,15 @@ from sift_worker.storage import (
 
 from sift_operator import names
 from sift_operator.broker import metrics
-from sift_operator.broker.auth import AuthError, Identity, TokenReviewer
+from sift_operator.broker.auth import (
+    AuthError,
+    Identity,
+    PodBinding,
+    PodIndex,
+    PodLookupError,
+    PodRefusedError,
+    TokenReviewer,
+)
 from sift_operator.broker.runs import RunGoneError, RunInactiveError, RunSigners, SignerFor
 
 __all__ = ["Broker", "BrokerConfig", "signed_json"]
@@ -118,12 +126,16 @@ class _Pending:
 class Broker:
     """The broker's request handling; ``app()`` is the aiohttp application."""
 
-    def __init__(self, kube: _Kube, config: BrokerConfig | None = None) -> None:
+    def __init__(
+        self, kube: _Kube, config: BrokerConfig | None = None, *, pods: PodIndex | None = None
+    ) -> None:
         self.kube = kube
         self.config = config or BrokerConfig()
         self.reviewer = TokenReviewer(
             kube, self.config.audience, ttl=self.config.token_cache_seconds
         )
+        # ``pods``: the operator's kopf index of its pods (None: every pod from the API)
+        self.pod_binding = PodBinding(kube, pods, ttl=self.config.token_cache_seconds)
         self.signers = RunSigners(kube, lifetime=self.config.url_lifetime)
         self._progress: dict[str, _Pending] = {}
 
@@ -213,11 +225,26 @@ class Broker:
             raise _RefusedError(401, str(exc), "Unauthenticated") from None
         self._check_identity(ident, namespace, name, request)
         try:
+            run = await self.signers.read_run(namespace, name)
+            await self._check_pod(ident, name, str(run["metadata"].get("uid") or ""), request)
             return await self.signers.signer(namespace, name)
         except RunGoneError as exc:
             raise _RefusedError(404, str(exc), "RunNotFound") from None
         except RunInactiveError as exc:
             raise _RefusedError(403, str(exc), "RunInactive") from None
+
+    async def _check_pod(
+        self, ident: Identity, name: str, run_uid: str, request: web.Request
+    ) -> None:
+        """The token's pod must be a live pod of the run's Job (see ``PodBinding``)."""
+        try:
+            await self.pod_binding.check(ident, name, run_uid)
+        except PodRefusedError as exc:
+            log.warning("refused %s %s: %s", request.method, request.path, exc)
+            raise _RefusedError(403, str(exc), "Forbidden") from None
+        except PodLookupError as exc:
+            log.warning("could not check the pod for %s %s: %s", request.method, request.path, exc)
+            raise _RefusedError(503, str(exc), "Unavailable") from None
 
     @staticmethod
     def _check_identity(ident: Identity, namespace: str, name: str, request: web.Request) -> None:

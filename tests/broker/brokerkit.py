@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import os
 import sys
 import threading
 import uuid
@@ -17,6 +18,7 @@ from typing import Any
 
 import aiohttp.web
 import attrs
+import yaml
 
 HERE = Path(__file__).parent
 sys.path[:0] = [str(HERE.parent / "storage"), str(HERE.parent / "operator")]
@@ -220,3 +222,60 @@ def worker_pod(
         },
         "spec": {"serviceAccountName": f"sift-{run}", "containers": [{"name": "worker"}]},
     }
+
+
+@dataclass
+class WorkerRun:
+    """What a `sift-worker run` through the broker left: the run's uid, its token, the
+    worker's stderr, and every value the worker side was given (env, manifest)."""
+
+    uid: str
+    token: str
+    logs: str
+    worker_side: list[str]
+
+
+def run_worker_via_broker(
+    broker: BrokerThread,
+    tls: BrokerTLS,
+    api: ReviewingServer,
+    kube: Any,
+    doc: dict[str, Any],
+    tmp: Path,
+    monkeypatch: Any,
+    capfd: Any,
+) -> WorkerRun:
+    """Create the run ``doc`` (with its Job and pod), then run the real worker in cluster
+    mode as the pod would: the ConfigMap's manifest, a token bound to the pod, the broker's
+    CA, no storage credential in its environment. Asserts it exits 0."""
+    from sift_worker.cli import EXIT_OK, main
+
+    ns, name = doc["metadata"]["namespace"], doc["metadata"]["name"]
+    uid = kube.create(doc)["metadata"]["uid"]
+    job = kube.create(run_job(ns, name, uid))
+    token = register_token(api, ns, f"sift-{name}", kube.create(worker_pod(job, name, uid)))
+    manifest = tmp / "run.yaml"
+    manifest.write_text(yaml.safe_dump({**doc, "metadata": {**doc["metadata"], "uid": uid}}))
+    (tmp / "token").write_text(token)
+    (tmp / "ca.crt").write_bytes(tls.ca_pem)
+    for var in [v for v in os.environ if v.startswith(("AWS_", "SIFT_", "AZURE_", "GOOGLE_"))]:
+        monkeypatch.delenv(var)
+    env = {
+        "SIFT_BROKER_URL": broker.url,
+        "SIFT_BROKER_TOKEN_FILE": str(tmp / "token"),
+        "SIFT_BROKER_CA_FILE": str(tmp / "ca.crt"),
+        "SIFT_RUN_NAMESPACE": ns,
+        "SIFT_RUN_NAME": name,
+        "SIFT_RUN_UID": uid,
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        assert main(["run", str(manifest), "--log-format", "json"]) == EXIT_OK
+    finally:  # the CLI configures the root logger for its process: undo it for later tests
+        root.handlers[:] = handlers
+        root.setLevel(level)
+    worker_side = [manifest.read_text(), *os.environ.values()]
+    return WorkerRun(uid, token, capfd.readouterr().err, worker_side)

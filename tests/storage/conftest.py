@@ -7,13 +7,11 @@ from typing import Any
 
 import pytest
 from storage_servers import (
-    AZURITE_ACCOUNT,
     InProcessMoto,
     Server,
-    _process,
-    azurite_blob,
+    azurite_process,
     canary_s3_client,
-    fake_gcs_binary,
+    fake_gcs_process,
     free_port,
     moto_process,
 )
@@ -32,52 +30,14 @@ def s3_client(moto_server: Server) -> Any:
 
 @pytest.fixture(scope="session")
 def gcs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    port = free_port()
-    data = tmp_path_factory.mktemp("gcs")
-    with _process(
-        [
-            str(fake_gcs_binary()),
-            "-scheme",
-            "http",
-            "-host",
-            "127.0.0.1",
-            "-port",
-            str(port),
-            "-public-host",
-            f"127.0.0.1:{port}",
-            "-external-url",
-            f"http://127.0.0.1:{port}",
-            "-backend",
-            "memory",
-            "-filesystem-root",
-            str(data),
-            "-log-level",
-            "error",
-        ],
-        f"http://127.0.0.1:{port}/storage/v1/b",
-    ):
-        yield Server(f"http://127.0.0.1:{port}", port)
+    with fake_gcs_process(tmp_path_factory.mktemp("gcs")) as server:
+        yield server
 
 
 @pytest.fixture(scope="session")
 def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    port = free_port()
-    work = tmp_path_factory.mktemp("azurite")
-    with _process(
-        [
-            str(azurite_blob()),
-            "--blobHost",
-            "127.0.0.1",
-            "--blobPort",
-            str(port),
-            "--inMemoryPersistence",
-            "--skipApiVersionCheck",
-            "--disableTelemetry",
-        ],
-        f"http://127.0.0.1:{port}/{AZURITE_ACCOUNT}?comp=list",
-        cwd=str(work),
-    ):
-        yield Server(f"http://127.0.0.1:{port}/{AZURITE_ACCOUNT}", port)
+    with azurite_process(tmp_path_factory.mktemp("azurite")) as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

@@ -157,6 +157,63 @@ def azurite_blob() -> Path:
     return exe
 
 
+@contextlib.contextmanager
+def fake_gcs_process(data: Path) -> Iterator[Server]:
+    """fake-gcs-server on 127.0.0.1, in memory, with the public host V4 URLs need."""
+    port = free_port()
+    with _process(
+        [
+            str(fake_gcs_binary()),
+            "-scheme",
+            "http",
+            "-host",
+            "127.0.0.1",
+            "-port",
+            str(port),
+            "-public-host",
+            f"127.0.0.1:{port}",
+            "-external-url",
+            f"http://127.0.0.1:{port}",
+            "-backend",
+            "memory",
+            "-filesystem-root",
+            str(data),
+            "-log-level",
+            "error",
+        ],
+        f"http://127.0.0.1:{port}/storage/v1/b",
+    ):
+        yield Server(f"http://127.0.0.1:{port}", port)
+
+
+@contextlib.contextmanager
+def azurite_process(
+    work: Path, account: str = AZURITE_ACCOUNT, accounts: str | None = None
+) -> Iterator[Server]:
+    """Azurite's blob service on 127.0.0.1, in memory; ``endpoint`` is ``account``'s.
+
+    ``accounts``: Azurite's ``AZURITE_ACCOUNTS`` (``name:base64key;...``), accounts of the
+    test's own instead of the published development one."""
+    port = free_port()
+    env = {**os.environ, **({"AZURITE_ACCOUNTS": accounts} if accounts else {})}
+    with _process(
+        [
+            str(azurite_blob()),
+            "--blobHost",
+            "127.0.0.1",
+            "--blobPort",
+            str(port),
+            "--inMemoryPersistence",
+            "--skipApiVersionCheck",
+            "--disableTelemetry",
+        ],
+        f"http://127.0.0.1:{port}/{account}?comp=list",
+        cwd=str(work),
+        env=env,
+    ):
+        yield Server(f"http://127.0.0.1:{port}/{account}", port)
+
+
 @dataclass(frozen=True)
 class InProcessMoto:
     """moto's threaded server in this process: its backend can be seeded directly (fast)."""

@@ -152,3 +152,31 @@ def test_uploads_stay_under_the_output_prefix(azurite: Server) -> None:
             signer.sign_uploads([key])
     with pytest.raises(OutsidePrefixError, match="POST policies exist for S3 output only"):
         signer.sign_upload_post()
+
+
+def test_the_specs_endpoint_is_used_and_wins_over_a_connection_string(azurite: Server) -> None:
+    from sift_worker.api.v1alpha1 import StorageLocation
+    from sift_worker.storage import open_storage
+
+    name = _container(azurite, {"in/a.jpg": b"AAA"})
+    loc = StorageLocation.model_validate(
+        {"azure": {"account": AZURITE_ACCOUNT, "container": name, "prefix": "in/"}}
+    )
+    spec_loc = StorageLocation.model_validate(
+        {"azure": {**loc.azure.model_dump(), "endpoint": azurite.endpoint}}  # type: ignore[union-attr]
+    )
+    # a Secret's key (the broker) with the spec's endpoint: Azurite, not *.windows.net
+    store = open_storage(spec_loc, writable=False, secret={"accountKey": AZURITE_KEY})
+    url = store.sign_get("a.jpg")
+    assert url.url.startswith(f"{azurite.endpoint}/{name}/in/a.jpg?")
+    assert httpx.get(url.url).content == b"AAA"
+    # without it, a Secret means the public cloud's endpoint
+    default = open_storage(loc, writable=False, secret={"accountKey": AZURITE_KEY})
+    assert default.hosts() == {f"{AZURITE_ACCOUNT}.blob.core.windows.net"}
+    # a local run: the spec's endpoint wins over the connection string's BlobEndpoint
+    conn = f"AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};BlobEndpoint=https://x.example"
+    local = open_storage(spec_loc, writable=False, env={"AZURE_STORAGE_CONNECTION_STRING": conn})
+    assert [info.key for info in local.iter_objects(ListFilter())] == ["a.jpg"]
+    assert open_storage(
+        loc, writable=False, env={"AZURE_STORAGE_CONNECTION_STRING": conn}
+    ).hosts() == {"x.example"}

@@ -74,6 +74,9 @@ def _location_hosts(loc: StorageLocation | ObjectLocation) -> list[tuple[str, in
     if loc.gcs is not None:
         return [("storage.googleapis.com", HTTPS)]
     if loc.azure is not None:
+        endpoint = getattr(loc.azure, "endpoint", None)  # a location's, not an object's
+        if endpoint:
+            return [_host_port(endpoint)]
         return [(f"{loc.azure.account}.blob.core.windows.net", HTTPS)]
     return []
 

@@ -168,6 +168,13 @@ class AzureLocation(SiftModel):
         StringConstraints(min_length=3, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"),
     ]
     prefix: Prefix = ""
+    endpoint: ApiURL | None = Field(
+        None,
+        description="Blob service URL for a private endpoint, Azure Stack Hub or Azurite "
+        "(e.g. https://acct.blob.local.azurestack.external, or "
+        "http://127.0.0.1:10000/devstoreaccount1); https://<account>.blob.core.windows.net "
+        "when omitted.",
+    )
 
 
 class VolumeLocation(SiftModel):

@@ -88,7 +88,9 @@ def open_storage(
     cloud's own tools find them: S3 through boto3's default chain (``AWS_*``, shared
     config, IRSA, instance metadata); GCS from the key file in
     ``GOOGLE_APPLICATION_CREDENTIALS`` (``STORAGE_EMULATOR_HOST`` for an emulator);
-    Azure from ``AZURE_STORAGE_CONNECTION_STRING`` or ``AZURE_STORAGE_KEY``.
+    Azure from ``AZURE_STORAGE_CONNECTION_STRING`` or ``AZURE_STORAGE_KEY`` (the blob
+    endpoint: the spec's ``endpoint``, else the connection string's ``BlobEndpoint``, else
+    ``https://<account>.blob.core.windows.net``).
     ``prefix_suffix`` is appended to the location's prefix (the broker's
     ``<namespace>/<name>/<uid>/`` under the output prefix).
     """
@@ -167,14 +169,14 @@ def open_storage(
 
         a = loc.azure
         where = f"azure://{a.account}/{a.container}/{a.prefix}"
-        endpoint = None
+        endpoint = a.endpoint  # the spec's wins over a connection string's BlobEndpoint
         key = _first(secret, AZURE_KEYS) if secret is not None else None
         if secret is None:
             conn = environ.get("AZURE_STORAGE_CONNECTION_STRING")
             if conn:
                 parts = _azure_connection(conn)
                 key = parts.get("accountkey")
-                endpoint = parts.get("blobendpoint")
+                endpoint = endpoint or parts.get("blobendpoint")
             key = key or environ.get("AZURE_STORAGE_KEY")
         if not key:
             raise BadCredentialsError(

@@ -42,7 +42,8 @@ def _series(registry: CollectorRegistry) -> dict[str, set[str]]:
     return found
 
 
-SERIES = {**_series(operator_metrics.REGISTRY), **_series(fetch.REGISTRY)}
+OPERATOR_SERIES = _series(operator_metrics.REGISTRY)
+SERIES = {**OPERATOR_SERIES, **_series(fetch.REGISTRY)}
 
 
 def dashboard_exprs() -> list[str]:
@@ -69,6 +70,20 @@ def test_registries_hold_what_the_code_defines() -> None:
     assert SERIES["sift_operator_runs"] == {"phase"}
 
 
+def test_the_operator_relays_every_worker_counter() -> None:
+    """A worker is a batch Job nobody scrapes: what the dashboard and the rules read of it
+    must come from the operator's registry (the counters workers report to the broker)."""
+    worker = _series(fetch.REGISTRY)
+    assert worker
+    for name, labels in worker.items():
+        assert OPERATOR_SERIES.get(name) == labels == set(), name
+    used = {n for e in [*dashboard_exprs(), *rule_exprs()] for n in re.findall(r"sift_\w+", e)}
+    assert {n for n in used if n.startswith("sift_worker_")} == set(worker)
+    for expr in dashboard_exprs():  # the dashboard's job selector applies to them too
+        for name in re.findall(r"\b(sift_worker_[a-z_]+)\b", expr):
+            assert re.search(rf'{name}\{{job=~"\$job"\}}', expr), expr
+
+
 @pytest.mark.parametrize(
     ("where", "exprs"), [("dashboard", dashboard_exprs()), ("rules", rule_exprs())]
 )
@@ -92,6 +107,14 @@ def test_every_metric_label_and_value_exists(where: str, exprs: list[str]) -> No
         families = {re.sub(r"_(total|bucket|count|sum)$", "", n) for n in SERIES}
         shown = {re.sub(r"_(total|bucket|count|sum)$", "", n) for n in used}
         assert families == shown, f"not on the dashboard: {families - shown}"
+
+
+def test_observability_doc_lists_every_exported_metric() -> None:
+    doc = (ROOT / "docs" / "observability.md").read_text()
+    families = {re.sub(r"_(bucket|count|sum)$", "", n) for n in SERIES}
+    missing = sorted(n for n in families if f"`{n}`" not in doc)
+    assert missing == [], f"docs/observability.md does not list {missing}"
+    assert "not scraped" not in doc
 
 
 def test_dashboard_is_importable() -> None:
@@ -167,5 +190,6 @@ def test_prometheus_rule_shape_and_required_alerts() -> None:
     alerts = {r["alert"] for g in doc["spec"]["groups"] for r in g["rules"]}
     assert {"SiftRunsFailing", "SiftQueueWaitHigh", "SiftReconcileErrors"} <= alerts
     assert {"SiftBrokerFailing", "SiftReportingStuck", "SiftReportsRejected"} <= alerts
+    assert "SiftWorkerEgressRefused" in alerts
     for expr in rule_exprs():
         assert expr.count("(") == expr.count(")"), expr

@@ -18,8 +18,9 @@ from __future__ import annotations
 import os
 import ssl
 import threading
+import uuid
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from sift_worker.fetch import EgressRefusedError, Fetcher, install_redaction
+from sift_worker.fetch import EgressRefusedError, Fetcher, counter_values, install_redaction
 from sift_worker.logs import redact
 from sift_worker.storage import (
     AccessDeniedError,
@@ -209,8 +210,21 @@ class BrokerClient:
         """``{"hosts": [...], "input": uri, "output": uri | None}``."""
         return self.call("GET", "/hosts")
 
-    def report_progress(self, stage: str, done: int, total: int | None) -> None:
-        self.call("POST", "/progress", {"stage": stage[:63], "done": done, "total": total})
+    def report_progress(
+        self,
+        stage: str | None,
+        done: int = 0,
+        total: int | None = None,
+        metrics: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Progress into the run's status; ``metrics`` (see BrokerProgress) go to the
+        operator's counters. ``stage=None``: the counters only, the status is untouched."""
+        body: dict[str, Any] = {}
+        if stage is not None:
+            body = {"stage": stage[:63], "done": done, "total": total}
+        if metrics is not None:
+            body["metrics"] = dict(metrics)
+        self.call("POST", "/progress", body)
 
 
 class BrokerLocation(Storage):
@@ -357,16 +371,31 @@ def fetcher_for(signer: BrokerSigner, extra_hosts: Iterable[str] = (), **kwargs:
 
 
 class BrokerProgress:
-    """A progress listener that reports (stage, done, total) to the broker.
+    """A progress listener that reports (stage, done, total) and the worker's counters.
 
     Called for every advanced sample: it only keeps the latest value; a background
     thread sends it at most every ``interval`` seconds (and at once on a new stage), so
     a slow broker never slows the pipeline. Failures are logged once, never raised.
+
+    Each report also carries the counters of :mod:`sift_worker.fetch` (read only when a
+    report is sent), counted from this reporter's start, with the values the broker
+    last acknowledged and a random session id, so the operator counts every increase
+    once (``operator/sift_operator/broker/worker_metrics.py``). Counters that moved
+    while the progress did not are sent alone; :meth:`close` sends the last values.
     """
 
-    def __init__(self, client: BrokerClient, interval: float = 2.0) -> None:
+    def __init__(
+        self,
+        client: BrokerClient,
+        interval: float = 2.0,
+        counters: Callable[[], dict[str, int]] = counter_values,
+    ) -> None:
         self.client = client
         self.interval = interval
+        self._counters = counters
+        self._start = counters()
+        self._acked: dict[str, int] = dict.fromkeys(self._start, 0)
+        self.session = uuid.uuid4().hex
         self._latest: tuple[str, int, int | None] | None = None
         self._stage: str | None = None
         self._wake = threading.Event()
@@ -382,12 +411,22 @@ class BrokerProgress:
             self._stage = stage
             self._wake.set()
 
+    def _values(self) -> dict[str, int]:
+        now = self._counters()
+        return {name: max(0, value - self._start.get(name, 0)) for name, value in now.items()}
+
     def _send(self) -> None:
         latest, self._latest = self._latest, None
-        if latest is None:
-            return
+        values = self._values()
+        if latest is None and values == self._acked:
+            return  # nothing new
+        metrics = {"session": self.session, "counters": values, "acknowledged": self._acked}
         try:
-            self.client.report_progress(*latest)
+            if latest is None:
+                self.client.report_progress(None, metrics=metrics)
+            else:
+                self.client.report_progress(*latest, metrics=metrics)
+            self._acked = values
             self.sent += 1
         except (BrokerError, StorageError) as exc:
             if not self._warned:
@@ -397,12 +436,15 @@ class BrokerProgress:
                 logging.getLogger("sift.broker").warning("progress not reported: %s", exc)
 
     def _loop(self) -> None:
-        while not self._stop.is_set():
+        while True:
             self._wake.wait(self.interval)
             self._wake.clear()
+            if self._stop.is_set():
+                return  # close() sends the last report
             self._send()
 
     def close(self) -> None:
+        """Stop the thread and send the last progress and counter values."""
         self._stop.set()
         self._wake.set()
         self._thread.join(10)

@@ -44,6 +44,12 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=_cpus(), help="torch threads (default: CPUs)")
     p.add_argument("--decode-workers", type=int, default=_cpus(), help="image decode threads")
     p.add_argument("--no-progress-bars", action="store_true", help="log lines instead of bars")
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        help="serve the worker's counters on this port's /metrics while the run lasts",
+    )
+    p.add_argument("--metrics-address", default="127.0.0.1", help="address for --metrics-port")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -290,7 +296,21 @@ def main(argv: list[str] | None = None) -> int:
             return _report_command(args)
         if args.command == "receiver":
             return _receiver_command(args)
-        return _execute(args)
+        stop_metrics = None
+        if args.metrics_port is not None:  # a local run's counters (docs/observability.md)
+            from sift_worker.fetch import serve_metrics
+
+            try:
+                port, stop_metrics = serve_metrics(args.metrics_port, args.metrics_address)
+            except OSError as exc:
+                log.error("--metrics-port %d: cannot listen: %s", args.metrics_port, exc.strerror)
+                return EXIT_CONFIG
+            log.info("metrics on http://%s:%d/metrics", args.metrics_address, port)
+        try:
+            return _execute(args)
+        finally:
+            if stop_metrics is not None:
+                stop_metrics()
     except ConfigError as exc:
         log.error("%s", exc.render(), extra={"problems": exc.problems})
         return EXIT_CONFIG

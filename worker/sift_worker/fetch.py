@@ -43,35 +43,58 @@ from tenacity import (
 )
 
 from sift_worker.logs import RedactingFilter, redact
+from sift_worker.metric_names import WORKER_COUNTERS, metric_name
 from sift_worker.storage.base import SignedURL
 
 __all__ = [
+    "COUNTERS",
     "REGISTRY",
     "EgressRefusedError",
     "FetchError",
     "Fetcher",
     "ObjectGoneError",
     "RetryPolicy",
+    "counter_values",
     "install_redaction",
+    "serve_metrics",
 ]
 
 log = logging.getLogger("sift.fetch")
 
 REGISTRY = CollectorRegistry(auto_describe=True)
-EGRESS_REFUSED = Counter(
-    "sift_worker_egress_refused",
-    "Requests refused by the in-process egress guard (host not on the allowlist)",
-    registry=REGISTRY,
-)
-FETCH_RETRIES = Counter(
-    "sift_worker_fetch_retries", "Requests retried after a transient failure", registry=REGISTRY
-)
-FETCH_FAILURES = Counter(
-    "sift_worker_fetch_failures", "Requests that failed after every retry", registry=REGISTRY
-)
-URL_REFRESHES = Counter(
-    "sift_worker_url_refreshes", "Signed URLs re-signed before or after expiry", registry=REGISTRY
-)
+# the counters a worker reports to the operator (BrokerProgress; docs/observability.md)
+COUNTERS: dict[str, Counter] = {
+    name: Counter(metric_name(name), doc, registry=REGISTRY)
+    for name, doc in WORKER_COUNTERS.items()
+}
+EGRESS_REFUSED = COUNTERS["egress_refused"]
+FETCH_RETRIES = COUNTERS["fetch_retries"]
+FETCH_FAILURES = COUNTERS["fetch_failures"]
+URL_REFRESHES = COUNTERS["url_refreshes"]
+
+
+def counter_values() -> dict[str, int]:
+    """Every reported counter's value now (read when a report is sent, not per request)."""
+    samples = {s.name: s.value for family in REGISTRY.collect() for s in family.samples}
+    return {name: int(samples.get(metric_name(name) + "_total", 0)) for name in COUNTERS}
+
+
+def serve_metrics(port: int, address: str = "127.0.0.1") -> tuple[int, Callable[[], None]]:
+    """Serve :data:`REGISTRY` on ``address:port`` (a local run's ``--metrics-port``).
+
+    Returns the bound port (``0`` picks one) and a function that stops the server.
+    """
+    from prometheus_client import start_http_server
+
+    server, thread = start_http_server(port, addr=address, registry=REGISTRY)
+
+    def stop() -> None:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+    return server.server_port, stop
+
 
 _HTTP_LOGGERS = (
     "httpx",

@@ -1,8 +1,15 @@
-"""The broker's metrics, on the operator's registry; bounded labels (no run, no key)."""
+"""The broker's metrics, on the operator's registry; bounded labels (no run, no key).
+
+``WORKER_COUNTERS``: the workers' own counters as they report them with their progress
+(``worker_metrics.py``), under the worker's names: the operator relays them the way a
+Pushgateway would, summed over every run it served, with no label per run.
+"""
 
 from __future__ import annotations
 
 from prometheus_client import Counter, Histogram
+from sift_worker.metric_names import WORKER_COUNTERS as WORKER_COUNTER_HELP
+from sift_worker.metric_names import metric_name
 
 from sift_operator.metrics import REGISTRY
 
@@ -34,3 +41,11 @@ TOKEN_REVIEWS = Counter(
     ["result"],
     registry=REGISTRY,
 )
+WORKER_COUNTERS = {
+    name: Counter(
+        metric_name(name),
+        f"{doc}; summed over the workers, as they report them to the broker.",
+        registry=REGISTRY,
+    )
+    for name, doc in WORKER_COUNTER_HELP.items()
+}

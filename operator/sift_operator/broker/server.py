@@ -10,8 +10,9 @@ Versioned under ``/v1/runs/{namespace}/{name}/`` (see ``docs/broker.md``):
   (a checkpoint or report outbox an earlier attempt of the same run wrote);
 * ``POST uploads/post`` ``{"keyPrefix": ""}`` — an S3 POST policy (``starts-with``);
 * ``GET  hosts`` — the storage hosts the worker may reach (its egress allowlist);
-* ``POST progress`` ``{"stage", "done", "total"}`` — written into the run's
-  ``status.progress``, at most once per ``progress_interval`` per run (the latest wins).
+* ``POST progress`` ``{"stage", "done", "total", "metrics"?}`` — written into the run's
+  ``status.progress``, at most once per ``progress_interval`` per run (the latest wins);
+  ``metrics`` (the worker's counters) are counted at once (``worker_metrics.py``).
 
 Every request carries the worker's projected token (``Authorization: Bearer``). The
 token's ServiceAccount must be the run's (``sift-<name>`` in the run's namespace), the
@@ -45,7 +46,7 @@ from sift_worker.storage import (
 )
 
 from sift_operator import names
-from sift_operator.broker import metrics
+from sift_operator.broker import metrics, worker_metrics
 from sift_operator.broker.auth import (
     AuthError,
     Identity,
@@ -138,6 +139,7 @@ class Broker:
         self.pod_binding = PodBinding(kube, pods, ttl=self.config.token_cache_seconds)
         self.signers = RunSigners(kube, lifetime=self.config.url_lifetime)
         self._progress: dict[str, _Pending] = {}
+        self.worker_counters = worker_metrics.WorkerCounters(metrics.WORKER_COUNTERS)
 
     # --- application ----------------------------------------------------------------
 
@@ -332,18 +334,31 @@ class Broker:
 
     async def _report_progress(self, request: web.Request, target: SignerFor) -> dict[str, Any]:
         body = await _json_body(request)
-        stage, done, total = body.get("stage"), body.get("done", 0), body.get("total")
-        if not isinstance(stage, str) or not stage or len(stage) > 63:
-            raise _RefusedError(400, "stage must be a string of 1..63 characters", "BadRequest")
-        if not _count(done) or not (total is None or _count(total)):
-            raise _RefusedError(400, "done and total must be non-negative integers", "BadRequest")
-        report: dict[str, Any] = {"stage": stage, "done": done}
-        if total is not None:
-            report["total"] = total
-            if total > 0:
-                report["percent"] = max(0, min(100, math.floor(100 * done / total)))
-        Progress.model_validate(report)
-        self._queue_progress(target, report)
+        counted = None  # the worker's counters (worker_metrics.py); without a stage: only them
+        if "metrics" in body:
+            try:
+                counted = worker_metrics.parse_report(body["metrics"])
+            except worker_metrics.MetricsReportError as exc:
+                raise _RefusedError(400, str(exc), "BadRequest") from None
+        report: dict[str, Any] | None = None
+        if counted is None or {"stage", "done", "total"} & body.keys():
+            stage, done, total = body.get("stage"), body.get("done", 0), body.get("total")
+            if not isinstance(stage, str) or not stage or len(stage) > 63:
+                raise _RefusedError(400, "stage must be a string of 1..63 characters", "BadRequest")
+            if not _count(done) or not (total is None or _count(total)):
+                raise _RefusedError(
+                    400, "done and total must be non-negative integers", "BadRequest"
+                )
+            report = {"stage": stage, "done": done}
+            if total is not None:
+                report["total"] = total
+                if total > 0:
+                    report["percent"] = max(0, min(100, math.floor(100 * done / total)))
+            Progress.model_validate(report)
+        if counted is not None:  # the body is valid as a whole: count it now, not rate-limited
+            self.worker_counters.record(target.uid, counted)
+        if report is not None:
+            self._queue_progress(target, report)
         return {"accepted": True}
 
     # --- progress, rate-limited per run -------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import logging
 import os
 import sys
@@ -260,6 +261,10 @@ def run_worker_via_broker(
     (tmp / "ca.crt").write_bytes(tls.ca_pem)
     for var in [v for v in os.environ if v.startswith(("AWS_", "SIFT_", "AZURE_", "GOOGLE_"))]:
         monkeypatch.delenv(var)
+    # nor could boto3 find any of the host's: no shared files, no instance metadata
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     env = {
         "SIFT_BROKER_URL": broker.url,
         "SIFT_BROKER_TOKEN_FILE": str(tmp / "token"),
@@ -278,4 +283,7 @@ def run_worker_via_broker(
         root.handlers[:] = handlers
         root.setLevel(level)
     worker_side = [manifest.read_text(), *os.environ.values()]
-    return WorkerRun(uid, token, capfd.readouterr().err, worker_side)
+    logs = capfd.readouterr().err
+    records = [json.loads(line) for line in logs.splitlines() if line.startswith("{")]
+    assert records[-1]["message"].startswith("done: selected"), records[-1]
+    return WorkerRun(uid, token, logs, worker_side)

@@ -4,20 +4,17 @@ no storage credential, and the artifacts land under <prefix><ns>/<name>/<uid>/."
 from __future__ import annotations
 
 import json
-import logging
-import os
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from brokerkit import BrokerThread, ReviewingServer, register_token, run_job, s3_secret, worker_pod
+from brokerkit import BrokerThread, ReviewingServer, run_worker_via_broker, s3_secret
 from harness.server import Kube
 from sift_operator.broker.tls import BrokerTLS
 from sift_worker.api.v1alpha1 import SelectionRun
 from sift_worker.capabilities import unsupported_features
-from sift_worker.cli import EXIT_OK, main
 from sift_worker.demo_data import generate_demo_dataset
 from storage_servers import CANARY_KEY_ID, CANARY_SECRET, Server, canary_s3_client, upload_tree
 
@@ -60,44 +57,12 @@ def test_worker_runs_through_the_broker_with_no_credential(
     doc["spec"]["selection"]["nSamples"] = 4
     doc["metadata"] = {"name": name, "namespace": ns}
     kube.create(s3_secret(ns))
-    uid = kube.create(doc)["metadata"]["uid"]
 
-    # the worker's side: a manifest (the ConfigMap's run.yaml), a token file, the CA
-    doc["metadata"]["uid"] = uid
-    manifest = tmp_path / "run.yaml"
-    manifest.write_text(yaml.safe_dump(doc))
-    job = kube.create(run_job(ns, name, uid))
-    pod = kube.create(worker_pod(job, name, uid))  # the token is bound to the Job's pod
-    token = register_token(api, ns, f"sift-{name}", pod)
-    (tmp_path / "token").write_text(token)
-    (tmp_path / "ca.crt").write_bytes(tls.ca_pem)
-    for var in [v for v in os.environ if v.startswith(("AWS_", "SIFT_"))]:
-        monkeypatch.delenv(var)
-    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    env = {
-        "SIFT_BROKER_URL": broker.url,
-        "SIFT_BROKER_TOKEN_FILE": str(tmp_path / "token"),
-        "SIFT_BROKER_CA_FILE": str(tmp_path / "ca.crt"),
-        "SIFT_RUN_NAMESPACE": ns,
-        "SIFT_RUN_NAME": name,
-        "SIFT_RUN_UID": uid,
-    }
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    # the worker holds no credential: not in its environment, its manifest or its files
-    worker_files = [manifest.read_text(), *env.values(), *os.environ.values()]
-    assert not any(CANARY_SECRET in text or CANARY_KEY_ID in text for text in worker_files)
+    run = run_worker_via_broker(broker, tls, api, kube, doc, tmp_path, monkeypatch, capfd)
 
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    try:
-        assert main(["run", str(manifest), "--log-format", "json"]) == EXIT_OK
-    finally:  # the CLI configures the root logger for its process: undo it for later tests
-        root.handlers[:] = handlers
-        root.setLevel(level)
-    logs = capfd.readouterr().err
+    # the worker held no credential: not in its environment or its manifest
+    assert not any(CANARY_SECRET in t or CANARY_KEY_ID in t for t in run.worker_side)
+    logs, uid, token = run.logs, run.uid, run.token
     prefix = f"sift/{ns}/{name}/{uid}/"
     listed = s3.list_objects_v2(Bucket=bucket, Prefix="sift/").get("Contents", [])
     keys = {o["Key"] for o in listed}

@@ -453,3 +453,28 @@ def test_pods_are_read_from_the_operators_index_before_the_api(
             c.sign_inputs(["a.jpg"])
         assert binding.lookups == 1
         c.close()
+
+
+def test_a_pod_that_cannot_be_read_is_503_and_not_cached(
+    broker: BrokerThread, tls: BrokerTLS, world: World, tmp_path: Path
+) -> None:
+    assert broker.server is not None
+    binding = broker.server.broker.pod_binding
+    real = binding.kube
+
+    class Down:
+        async def get(self, *_: Any) -> Any:
+            raise ConnectionError("api down")
+
+    c = client(broker, tls, tmp_path, world.token("sift-alpha"), world.ns, "alpha")
+    binding.kube = Down()  # type: ignore[assignment]
+    try:
+        with pytest.raises(BrokerError) as err:
+            c.sign_inputs(["a.jpg"])
+    finally:
+        binding.kube = real
+    assert (err.value.status, err.value.kind) == (503, "Unavailable")
+    assert "could not be read (ConnectionError)" in err.value.reason
+    [url] = c.sign_inputs(["a.jpg"])  # the API is back: asked again, accepted
+    assert url.method == "GET"
+    c.close()

@@ -16,6 +16,7 @@ from sift_operator.broker.tls import BrokerTLS
 from sift_worker.api.v1alpha1 import SelectionRun
 from sift_worker.capabilities import unsupported_features
 from sift_worker.demo_data import generate_demo_dataset
+from sift_worker.metric_names import WORKER_COUNTERS
 from storage_servers import CANARY_KEY_ID, CANARY_SECRET, Server, canary_s3_client, upload_tree
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -63,6 +64,9 @@ def test_worker_runs_through_the_broker_with_no_credential(
     # the worker held no credential: not in its environment or its manifest
     assert not any(CANARY_SECRET in t or CANARY_KEY_ID in t for t in run.worker_side)
     logs, uid, token = run.logs, run.uid, run.token
+    # the worker's counters arrived with its progress (docs/observability.md)
+    assert broker.server is not None
+    assert set(broker.server.broker.worker_counters._seen[uid].values) == set(WORKER_COUNTERS)
     prefix = f"sift/{ns}/{name}/{uid}/"
     listed = s3.list_objects_v2(Bucket=bucket, Prefix="sift/").get("Contents", [])
     keys = {o["Key"] for o in listed}

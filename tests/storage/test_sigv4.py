@@ -10,7 +10,14 @@ from s3verify import Refused, verify
 from sift_worker.storage.s3 import S3Credentials, S3Storage
 from sift_worker.storage.sigv4 import FastGetSigner, Keys
 
-KEYS = ["a.jpg", "dir/sub/ü ñ.jpg", "a b+c=d&e.png", "tilde~_-.jpg", "%41literal.jpg", "deep/a/b/c.tiff"]
+KEYS = [
+    "a.jpg",
+    "dir/sub/ü ñ.jpg",
+    "a b+c=d&e.png",
+    "tilde~_-.jpg",
+    "%41literal.jpg",
+    "deep/a/b/c.tiff",
+]
 SETUPS = [
     # (endpoint, region, session token)
     (None, "eu-west-1", None),  # virtual-hosted AWS

@@ -36,13 +36,13 @@ CASES = [
     ),
     (
         "input",
-        {"type": "videos", "embeddings": {"model": "tiny"}, "_input_s3": True},
-        "spec.datasource.input.s3",
-    ),
-    (
-        "input",
-        {"embeddings": {"model": "tiny"}, "metadata": {}, "_input_s3": True},
-        "spec.datasource.input.s3",
+        {
+            "embeddings": {"model": "tiny"},
+            "metadata": {},
+            "_input_s3": True,
+            "_report_share": {"metadata": ["w"]},
+        },
+        "spec.report.share",
     ),
     (
         "selection.datapool",
@@ -80,6 +80,9 @@ def _with(path: str, value: Any) -> dict[str, Any]:
         doc["spec"]["datasource"]["input"] = {"s3": {"bucket": "raw"}}
     if isinstance(value, dict) and value.pop("_output_azure", False):
         doc["spec"]["datasource"]["output"] = {"azure": {"account": "acct", "container": "out"}}
+    if isinstance(value, dict) and "_report_share" in value:
+        share = value.pop("_report_share")
+        doc["spec"]["report"] = {"api": {"tokenSecret": {"name": "t", "key": "k"}}, "share": share}
     node = doc["spec"]
     *parents, last = path.split(".")
     for part in parents:
@@ -115,6 +118,18 @@ SUPPORTED = [
     ("datasource.input", {"gcs": {"bucket": "raw"}}),
     ("datasource.output", {"azure": {"account": "acct", "container": "out"}}),
     ("selection.removeDuplicates", {"maxDistance": 0.1, "_input_s3": True}),
+    # object storage: every input type and the side files (copied to a staging folder)
+    ("input", {"type": "videos", "embeddings": {"model": "tiny"}, "_input_s3": True}),
+    ("input", {"embeddings": {"model": "tiny"}, "metadata": {}, "_input_s3": True}),
+    (
+        "input",
+        {
+            "type": "objects",
+            "embeddings": {"model": "tiny"},
+            "predictions": {"task": "detection"},
+            "_input_s3": True,
+        },
+    ),
     (
         "selection.strategies",
         [

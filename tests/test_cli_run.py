@@ -219,7 +219,7 @@ def test_unsupported_blocks_refused_by_name(
     assert main(["run", str(ROOT / "examples" / "full.yaml")]) == EXIT_CONFIG
     err = capsys.readouterr().err
     for path in (
-        "spec.datasource.input.s3",
+        "spec.datasource.input.credentialsSecret",
         "spec.datasource.output.s3",
         "spec.input.embeddings.weights",
         "spec.report",

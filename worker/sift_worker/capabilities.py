@@ -1,9 +1,9 @@
 """What this worker release can run, so nothing in a valid spec is silently ignored.
 
 Every block of the SelectionRun model exists from the start; blocks whose
-behaviour arrives in a later release (side files and datapools
-in object storage, embedding training, sharing side files read from object storage) are refused
-here with the field path.
+behaviour arrives in a later release (a datapool in object storage, embedding
+training, sharing side files read from object storage) are refused here with the
+field path.
 """
 
 from __future__ import annotations
@@ -39,26 +39,9 @@ def _backend(loc: StorageLocation) -> str | None:
 
 
 def _remote(run: SelectionRun) -> list[str]:
-    """What object storage cannot do yet (the volume path reads side files from disk)."""
+    """What object storage cannot do yet (inputs of every type and side files work)."""
     spec = run.spec
     problems = []
-    backend = _backend(spec.datasource.input)
-    if backend is not None:
-        path = f"spec.datasource.input.{backend}"
-        if spec.input.type != "images":
-            problems.append(
-                f"{path}: input type {spec.input.type!r} from object storage is not supported "
-                "yet (images only); use a volume"
-            )
-        for name, block in (
-            ("metadata", spec.input.metadata),
-            ("predictions", spec.input.predictions),
-        ):
-            if block is not None:
-                problems.append(
-                    f"{path}: spec.input.{name} from object storage is not supported yet; "
-                    "use a volume"
-                )
     backend = _backend(spec.datasource.output)
     if backend is not None and spec.selection.datapool is not None:
         problems.append(

@@ -7,7 +7,11 @@ runs in a cluster) and moves every byte through the guarded
 :class:`~sift_worker.fetch.Fetcher`:
 
 * input objects are listed page by page, signed one by one as the decoders need them
-  and fetched into memory (no temporary copy of each file);
+  and fetched into memory (no temporary copy of each image);
+* what must be a file (a video for FFmpeg, the side files of ``spec.input.metadata``
+  and ``spec.input.predictions`` for the readers the volume path uses) is downloaded in
+  ranged chunks into a private input staging folder, size-capped, so memory stays
+  bounded; a video's copy is deleted as soon as its frames are decoded;
 * artifacts are written to a private staging folder, then uploaded through signed
   PUTs under the output prefix, ``run.json`` last: a run whose ``run.json`` is in the
   output finished writing everything else.
@@ -15,12 +19,17 @@ runs in a cluster) and moves every byte through the guarded
 
 from __future__ import annotations
 
+import builtins
+import contextlib
+import dataclasses
 import hashlib
+import itertools
 import logging
 import mimetypes
 import os
 import tempfile
-from collections.abc import Callable, Container, Iterator
+import uuid
+from collections.abc import Callable, Container, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -29,9 +38,17 @@ from pathlib import Path
 
 from sift_worker.api.v1alpha1 import SelectionRun, StorageLocation
 from sift_worker.broker_client import broker_signer_from_env
-from sift_worker.fetch import Fetcher, ObjectGoneError
+from sift_worker.fetch import Fetcher, FetchError, ObjectGoneError
 from sift_worker.imaging import CorruptImage
-from sift_worker.storage import ListFilter, RunSigner, SignedURL, Storage, open_storage
+from sift_worker.storage import (
+    ListFilter,
+    OutsidePrefixError,
+    RunSigner,
+    SignedURL,
+    Storage,
+    open_storage,
+)
+from sift_worker.storage.base import check_key
 
 __all__ = ["DataPlane", "RemoteInput", "RemoteOutput", "open_data_plane"]
 
@@ -39,15 +56,49 @@ log = logging.getLogger("sift.dataplane")
 
 FETCH_CONCURRENCY = 16
 FINAL_ARTIFACT = "run.json"
+SIGN_BATCH = 256  # keys per signing call for side files (the broker takes up to 1,000)
+DOWNLOAD_CHUNK = 8 * 1024 * 1024  # one ranged GET: what a download holds in memory
+MAX_DOWNLOAD_BYTES = 16 * 1024**3
+"""Largest object copied to the staging folder (a video, a metadata table);
+``SIFT_MAX_DOWNLOAD_BYTES`` overrides it."""
+
+
+class TooLargeError(FetchError):
+    """An object over the download cap; the first ``max_bytes + 1`` bytes are on disk."""
+
+
+def max_download_bytes(env: dict[str, str] | None = None) -> int:
+    raw = (os.environ if env is None else env).get("SIFT_MAX_DOWNLOAD_BYTES", "")
+    if not raw:
+        return MAX_DOWNLOAD_BYTES
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ValueError(f"SIFT_MAX_DOWNLOAD_BYTES: not a positive whole number: {raw[:20]!r}")
+    return value
 
 
 class RemoteInput:
     """The decoder's view of an input bucket: names in, bytes out (``ObjectReader``)."""
 
-    def __init__(self, signer: RunSigner, fetcher: Fetcher) -> None:
+    def __init__(
+        self,
+        signer: RunSigner,
+        fetcher: Fetcher,
+        staging: Path | None = None,
+        max_download: int = MAX_DOWNLOAD_BYTES,
+    ) -> None:
         self.signer = signer
         self.fetcher = fetcher
         self.storage: Storage = signer.input
+        self._own_staging = None
+        if staging is None:  # a folder of its own, removed with this object
+            self._own_staging = tempfile.TemporaryDirectory(prefix="sift-in-")
+            staging = Path(self._own_staging.name)
+        self.staging = staging  # private: side files, and videos while they are decoded
+        self.max_download = max_download
         self.listing_digest = ""  # SHA-256 of the accepted keys and sizes (checkpoint guard)
 
     def uri(self, key: str = "") -> str:
@@ -75,6 +126,124 @@ class RemoteInput:
     def read_text(self, name: str) -> str:
         signed = self.signer.sign_inputs([name])[0]
         return self.fetcher.get_bytes(signed, self.uri(name)).decode("utf-8-sig")
+
+    def download(
+        self,
+        name: str,
+        dest: Path,
+        max_bytes: int | None = None,
+        signed: SignedURL | None = None,
+    ) -> int:
+        """Copy one object to ``dest`` in ranged GETs of :data:`DOWNLOAD_CHUNK`; its size.
+
+        Memory holds one chunk whatever the object's size. Raises ``ObjectGoneError``
+        (404: nothing is written), :class:`TooLargeError` once more than ``max_bytes``
+        (default: the run's cap) arrived, ``FetchError`` for anything else; errors name
+        the object, never the URL. ``signed``: a GET URL for ``name`` signed already.
+        """
+        cap = self.max_download if max_bytes is None else max_bytes
+        label = self.uri(name)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        written = 0
+        with dest.open("wb") as fh:
+            while True:
+                url = signed if signed is not None else self.signer.sign_inputs([name])[0]
+                signed = None
+                want = min(DOWNLOAD_CHUNK, cap + 1 - written)
+                ranged = dataclasses.replace(
+                    url, headers={**url.headers, "Range": f"bytes={written}-{written + want - 1}"}
+                )
+                try:
+                    chunk = self.fetcher.get_bytes(ranged, label)
+                except FetchError as exc:
+                    if exc.status == 416:  # the range starts at the end: nothing more
+                        return written
+                    if isinstance(exc, ObjectGoneError) and written == 0:
+                        fh.close()
+                        dest.unlink(missing_ok=True)
+                    raise
+                if len(chunk) > want:
+                    raise FetchError(label, "the storage server ignored the Range request")
+                fh.write(chunk)
+                written += len(chunk)
+                if written > cap:
+                    raise TooLargeError(label, f"object too large: over {cap} bytes")
+                if len(chunk) < want:
+                    return written
+
+    @property
+    def side_dir(self) -> Path:
+        """Where side files (metadata, predictions) are copied, under their own keys."""
+        return self.staging / "side"
+
+    def download_many(
+        self, names: Iterable[str], max_bytes: int | None = None, *, truncate: bool = False
+    ) -> builtins.list[tuple[str, str]]:
+        """Copy objects to :attr:`side_dir` under their keys, as a volume would hold them.
+
+        A missing object (404) is simply not there, as on a volume. ``names`` is read
+        in batches (signed in one call each) and fetched :data:`FETCH_CONCURRENCY` at a
+        time, so a generator over millions of names costs one batch of memory. Over
+        ``max_bytes``: with ``truncate`` the first ``max_bytes + 1`` bytes are kept (a
+        reader then reports the file as too large), else :class:`TooLargeError`. Other
+        fetch errors fail the run, naming the object. Returns ``(name, reason)`` for
+        names that cannot be object keys (the caller reports them as input problems).
+        """
+        refused: builtins.list[tuple[str, str]] = []
+
+        def one(item: tuple[str, SignedURL]) -> None:
+            name, signed = item
+            dest = self.side_dir / name
+            part = dest.with_name(f"{dest.name}.{uuid.uuid4().hex}.part")
+            try:
+                self.download(name, part, max_bytes, signed)
+            except ObjectGoneError:
+                part.unlink(missing_ok=True)
+                return
+            except TooLargeError:
+                if not truncate:
+                    part.unlink(missing_ok=True)
+                    raise
+            except BaseException:
+                part.unlink(missing_ok=True)
+                raise
+            part.replace(dest)  # whole or absent; two samples may share a side file
+
+        with ThreadPoolExecutor(max_workers=FETCH_CONCURRENCY, thread_name_prefix="side") as pool:
+            it = iter(names)
+            while batch := list(itertools.islice(it, SIGN_BATCH)):
+                keys = []
+                for name in batch:
+                    try:
+                        keys.append(check_key(name, self.uri()))
+                    except OutsidePrefixError as exc:
+                        refused.append((name, f"not a usable object key: {exc.reason}"))
+                if keys:
+                    signed = self.signer.sign_inputs(keys)
+                    list(pool.map(one, zip(keys, signed, strict=True)))
+        return refused
+
+    def temp_copy(self, name: str) -> Path:
+        """A private copy of a listed object in the staging folder; the caller deletes it.
+
+        A vanished object (404) or one over the cap is a ``CorruptImage`` (the sample is
+        listed in corrupt.csv; the run goes on), other fetch errors fail the run.
+        """
+        folder = self.staging / "media"
+        dest = folder / f"{uuid.uuid4().hex}{Path(name).suffix.lower()}"
+        try:
+            self.download(name, dest)
+        except ObjectGoneError:
+            raise CorruptImage("object vanished during the run (HTTP 404)") from None
+        except TooLargeError:
+            dest.unlink(missing_ok=True)
+            raise CorruptImage(
+                f"too large to download: over {self.max_download} bytes (SIFT_MAX_DOWNLOAD_BYTES)"
+            ) from None
+        except BaseException:
+            dest.unlink(missing_ok=True)
+            raise
+        return dest
 
 
 class RemoteOutput:
@@ -127,7 +296,12 @@ class DataPlane:
 def _resign(signer: RunSigner, old: SignedURL) -> SignedURL:
     """A fresh URL for the same key and method (the Fetcher's refresh callback)."""
     if old.method == "GET":
-        return signer.sign_inputs([old.key])[0]
+        fresh = signer.sign_inputs([old.key])[0]
+        if "Range" in old.headers:  # a chunk of a download stays that chunk
+            fresh = dataclasses.replace(
+                fresh, headers={**fresh.headers, "Range": old.headers["Range"]}
+            )
+        return fresh
     return signer.sign_uploads([old.key], [old.headers.get("Content-Type")])[0]
 
 
@@ -177,13 +351,16 @@ def open_data_plane(
                 from sift_worker.storage import BucketNotFoundError
 
                 raise BucketNotFoundError(str(source), "input folder not found")
-        else:
-            source = RemoteInput(signer, fetcher)
-        if out_store is None:
-            assert ds.output.volume is not None
-            yield DataPlane(source, Path(ds.output.volume.path), None, fetcher)
-            return
-        with tempfile.TemporaryDirectory(prefix="sift-out-") as staging:
+        with contextlib.ExitStack() as stack:
+            if not _is_volume(ds.input):
+                in_staging = stack.enter_context(tempfile.TemporaryDirectory(prefix="sift-in-"))
+                cap = max_download_bytes(env_map)
+                source = RemoteInput(signer, fetcher, Path(in_staging), cap)
+            if out_store is None:
+                assert ds.output.volume is not None
+                yield DataPlane(source, Path(ds.output.volume.path), None, fetcher)
+                return
+            staging = stack.enter_context(tempfile.TemporaryDirectory(prefix="sift-out-"))
             yield DataPlane(
                 source, Path(staging), RemoteOutput(signer, fetcher, FETCH_CONCURRENCY), fetcher
             )

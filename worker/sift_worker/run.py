@@ -36,13 +36,14 @@ from sift_worker.checkpoint import (
     listing_digest,
 )
 from sift_worker.config import ConfigError
-from sift_worker.dataplane import DataPlane, RemoteInput, open_data_plane
+from sift_worker.dataplane import DataPlane, RemoteInput, max_download_bytes, open_data_plane
 from sift_worker.datapool import PoolError, save_pool
 from sift_worker.embed import Embedded, embed_samples
 from sift_worker.embeddings_file import EmbeddingsFileError, load_embeddings_file
 from sift_worker.fetch import FetchError
-from sift_worker.imaging import IMAGE_EXTENSIONS, CorruptImage, make_thumbnail
+from sift_worker.imaging import CorruptImage, make_thumbnail
 from sift_worker.inputs import InputProblem
+from sift_worker.inputs.staging import stage_side_files
 from sift_worker.models import WeightsError, build_model
 from sift_worker.outputs import (
     SampleStatus,
@@ -58,7 +59,7 @@ from sift_worker.outputs import (
 )
 from sift_worker.progress import Progress
 from sift_worker.report import ReportData, Thumbnail, project_2d, render_report
-from sift_worker.sampling import SamplePlan, plan_samples
+from sift_worker.sampling import SamplePlan, input_extensions, plan_files, plan_samples
 from sift_worker.selecting import SelectionInputError, SelectStage, run_select_stage
 from sift_worker.sources import read_relevant_filenames
 from sift_worker.sources.objects import crop_thumbnail
@@ -66,7 +67,7 @@ from sift_worker.sources.samples import SampleRef
 from sift_worker.sources.video import frame_thumbnail
 from sift_worker.sources.volume import parse_relevant_filenames
 from sift_worker.storage import StorageError
-from sift_worker.values import MissingInputError, build_values
+from sift_worker.values import MissingInputError, build_values, required_keys
 
 log = logging.getLogger("sift.run")
 
@@ -175,9 +176,13 @@ def _embed(
     with timer("list"):
         if isinstance(input_dir, Path):
             plan = plan_samples(input_dir, spec, relevant)
-        else:  # object storage: images only (capabilities refuse the rest)
-            files = input_dir.list(IMAGE_EXTENSIONS, relevant)
-            plan = SamplePlan(files=files, samples=list(files))
+        else:  # object storage: side files are copied to a folder, then read as on a volume
+            files = input_dir.list(input_extensions(spec), relevant)
+            side_dir, staged = stage_side_files(
+                input_dir, spec, files, metadata=_reads_metadata(run)
+            )
+            plan = plan_files(side_dir, files, spec)
+            plan.problems = [*staged, *plan.problems]
     label = input_dir if isinstance(input_dir, Path) else input_dir.uri()
     log.info("listed %d files in %s (input type %s)", len(plan.files), label, spec.type)
     if emb.file is not None:
@@ -236,6 +241,14 @@ def _embed(
     return plan, embedded, model_desc
 
 
+def _reads_metadata(run: SelectionRun) -> bool:
+    """Whether a strategy or the report reads per-sample metadata."""
+    report = run.spec.report
+    return bool(required_keys(run.spec.selection)[0]) or bool(
+        report is not None and report.share.metadata
+    )
+
+
 def _checkpoint(
     run: SelectionRun,
     store: CheckpointStore | None,
@@ -276,7 +289,14 @@ def _file_sha256(path: Path) -> str:
 
 def _thumbnail(input_dir: Path | RemoteInput, ref: SampleRef) -> bytes:
     if not isinstance(input_dir, Path):
-        return make_thumbnail(input_dir.read_bytes(ref.file))
+        if ref.frame is not None:
+            copy = input_dir.temp_copy(ref.file)
+            try:
+                return frame_thumbnail(copy, ref.frame)
+            finally:
+                copy.unlink(missing_ok=True)
+        data = input_dir.read_bytes(ref.file)
+        return crop_thumbnail(data, ref.box) if ref.box is not None else make_thumbnail(data)
     path = input_dir / ref.file
     if ref.box is not None:
         return crop_thumbnail(path, ref.box)
@@ -319,9 +339,9 @@ def _select(
     settings: RunSettings,
 ) -> tuple[SelectStage, dict[str, Any], list[InputProblem]]:
     spec = run.spec
-    # object storage: no side files (refused by capabilities), no content hashes
+    # object storage: side files from their staging copy, no content hashes
     local = isinstance(source_root, Path)
-    input_dir = source_root if isinstance(source_root, Path) else Path()
+    input_dir = source_root if isinstance(source_root, Path) else source_root.side_dir
     try:
         values, problems = build_values(
             input_dir, embedded.refs, plan.files, spec.input, spec.selection, plan.predictions
@@ -356,6 +376,10 @@ def run_selection(
     if problems:
         raise ConfigError(settings.source, problems)
     _check_local_files(run, settings.source)
+    try:
+        max_download_bytes()
+    except ValueError as exc:
+        raise ConfigError(settings.source, [str(exc)]) from None
     with open_data_plane(run, lambda: preflight(run, settings.source)) as plane:
         summary = _run_selection(run, settings, progress, plane)
         if plane.upload is not None:

@@ -30,13 +30,23 @@ class SamplePlan:
     problems: list[InputProblem] = field(default_factory=list)
 
 
+def input_extensions(spec: InputSpec) -> frozenset[str]:
+    """The file extensions a run lists: videos, or images (for images and objects)."""
+    return VIDEO_EXTENSIONS if spec.type == "videos" else IMAGE_EXTENSIONS
+
+
 def plan_samples(input_dir: Path, spec: InputSpec, relevant: Container[str] | None) -> SamplePlan:
-    extensions = VIDEO_EXTENSIONS if spec.type == "videos" else IMAGE_EXTENSIONS
-    files = list(iter_volume_files(input_dir, extensions=extensions, relevant=relevant))
+    files = list(iter_volume_files(input_dir, extensions=input_extensions(spec), relevant=relevant))
+    return plan_files(input_dir, files, spec)
+
+
+def plan_files(side_dir: Path, files: list[str], spec: InputSpec) -> SamplePlan:
+    """The plan for listed ``files``; side files (predictions) are read from ``side_dir``:
+    the input folder, or the staging copy of an object-storage input's side files."""
     plan = SamplePlan(files=files, samples=list(files))
     if spec.predictions is not None:
         plan.predictions, plan.problems = load_predictions(
-            input_dir, files, spec.predictions.prefix, spec.predictions.task
+            side_dir, files, spec.predictions.prefix, spec.predictions.task
         )
     if spec.type == "objects":
         assert plan.predictions is not None  # the model's rules require detection predictions

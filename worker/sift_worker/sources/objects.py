@@ -17,11 +17,13 @@ Decoding follows :func:`~sift_worker.imaging.decode_for_model` (same opening, ch
 colour handling and corruptness reasons, JPEG draft decoding just large enough for the
 smallest box). The box is mapped into the stored pixel grid and only the crop is
 turned upright, so a rotated phone photo is never transposed whole. An image with
-several objects is decoded once for all of them.
+several objects is decoded once for all of them; from object storage it is also
+fetched once (into memory) for all of them.
 """
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -39,6 +41,7 @@ from sift_worker.imaging import (
 )
 from sift_worker.sources.samples import (
     Producer,
+    Root,
     SampleRef,
     check_box,
     fit,
@@ -85,7 +88,7 @@ def object_refs(
 
 
 def decode_crop(
-    path: Path, box: Sequence[float], size: int, *, max_pixels: int = DEFAULT_MAX_PIXELS
+    path: Path | bytes, box: Sequence[float], size: int, *, max_pixels: int = DEFAULT_MAX_PIXELS
 ) -> np.ndarray:
     """The object at ``box`` as a ``(3, size, size)`` uint8 array, padded to a square.
 
@@ -99,7 +102,11 @@ def decode_crop(
 
 
 def crop_thumbnail(
-    path: Path, box: Sequence[float], max_side: int = 192, *, max_pixels: int = DEFAULT_MAX_PIXELS
+    path: Path | bytes,
+    box: Sequence[float],
+    max_side: int = 192,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> bytes:
     """JPEG bytes of the clamped box scaled to fit ``max_side`` (never upscaled, no padding)."""
     if max_side < 1:
@@ -108,9 +115,9 @@ def crop_thumbnail(
 
 
 def crop_job(
-    root: Path, refs: Sequence[SampleRef], size: int, max_pixels: int, p: Producer
+    root: Root, refs: Sequence[SampleRef], size: int, max_pixels: int, p: Producer
 ) -> None:
-    """Job for samples.iter_decoded_samples: the objects of one image, decoded once."""
+    """Job for samples.iter_decoded_samples: the objects of one image, read and decoded once."""
     boxes = [check_box(ref.box) for ref in refs if ref.box is not None]
     assert len(boxes) == len(refs), "crop_job takes object refs only"
     order: Iterator[SampleRef] = iter(refs)
@@ -119,21 +126,34 @@ def crop_job(
         ref = next(order)
         p.put(ref, item if isinstance(item, CorruptImage) else to_model_array(item, size))
 
-    _cut(root / refs[0].file, boxes, size, True, max_pixels, p.acquire, emit)
+    source: Path | bytes
+    if isinstance(root, Path):
+        source = root / refs[0].file
+    else:
+        try:
+            source = root.read_bytes(refs[0].file)
+        except CorruptImage as exc:  # e.g. the object vanished: every box says so
+            for _ in refs:
+                p.acquire()
+                emit(exc)
+            return
+    _cut(source, boxes, size, True, max_pixels, p.acquire, emit)
 
 
 def _one(
-    path: Path, box: Sequence[float], side: int, *, upscale: bool, max_pixels: int
+    source: Path | bytes, box: Sequence[float], side: int, *, upscale: bool, max_pixels: int
 ) -> Image.Image:
     out: list[Image.Image | CorruptImage] = []
-    _cut(Path(path), [check_box(box)], side, upscale, max_pixels, lambda: None, out.append)
+    if not isinstance(source, bytes):
+        source = Path(source)
+    _cut(source, [check_box(box)], side, upscale, max_pixels, lambda: None, out.append)
     if isinstance(out[0], CorruptImage):
         raise out[0]
     return out[0]
 
 
 def _cut(
-    path: Path,
+    path: Path | bytes,
     boxes: Sequence[Box],
     side: int,
     upscale: bool,
@@ -141,7 +161,8 @@ def _cut(
     acquire: Callable[[], None],
     emit: Callable[[Image.Image | CorruptImage], None],
 ) -> None:
-    """Decode ``path`` once and emit each box's crop (RGB, fit to ``side``), in order.
+    """Decode ``path`` (a file or its bytes) once and emit each box's crop (RGB, fit to
+    ``side``), in order.
 
     ``acquire`` runs before each crop is made, so a caller can bound how many exist.
     Exactly one item per box: a box outside the image gets its own CorruptImage; a
@@ -226,10 +247,10 @@ def _stored_size(
     return (w, h) if same_shape and content[0] <= w and content[1] <= h else content
 
 
-def _peek(path: Path) -> tuple[int, int, int] | None:
+def _peek(path: Path | bytes) -> tuple[int, int, int] | None:
     """Stored size and orientation from the header alone; None leaves it to _with_image."""
     try:
-        with Image.open(path) as im:
+        with Image.open(io.BytesIO(path) if isinstance(path, bytes) else path) as im:
             return im.size[0], im.size[1], _read_orientation(im)
     except Exception:
         return None

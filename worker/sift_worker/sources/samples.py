@@ -51,17 +51,25 @@ from sift_worker.imaging import (
     decode_for_model,
 )
 
-__all__ = ["Decoded", "ObjectReader", "SampleRef", "iter_decoded_samples"]
+__all__ = ["Decoded", "ObjectReader", "Root", "SampleRef", "iter_decoded_samples"]
 
 
 class ObjectReader(Protocol):
     """Samples that are not on disk (object storage through signed URLs).
 
-    ``read_bytes`` returns the whole object, raises ``CorruptImage`` for one that cannot
-    be a sample (e.g. it vanished) and any other exception to fail the run.
+    ``read_bytes`` returns the whole object (an image); ``temp_copy`` copies it to a
+    private temporary file that the caller deletes (a video: FFmpeg reads files). Both
+    raise ``CorruptImage`` for an object that cannot be a sample (it vanished, it is too
+    large) and any other exception to fail the run.
     """
 
     def read_bytes(self, name: str) -> bytes: ...
+
+    def temp_copy(self, name: str) -> Path: ...
+
+
+Root: TypeAlias = Path | ObjectReader
+"""Where a sample's file is: under a folder, or in object storage."""
 
 
 Decoded: TypeAlias = np.ndarray | CorruptImage
@@ -266,7 +274,7 @@ def check_sampling(size: int, every_n: int, max_frames: int | None) -> None:
 
 
 def iter_decoded_samples(
-    root: Path | ObjectReader,
+    root: Root,
     refs_or_files: Iterable[str | SampleRef],
     size: int,
     *,
@@ -353,7 +361,7 @@ def _run(work: Work, producer: Producer, out: SimpleQueue[_Msg]) -> None:
 
 
 def _plan(
-    root: Path | ObjectReader,
+    root: Root,
     items: Iterable[str | SampleRef],
     size: int,
     every_n: int,
@@ -364,20 +372,16 @@ def _plan(
     from sift_worker.sources import objects, video  # they import SampleRef from here
 
     group: list[SampleRef] = []
-    disk = root if isinstance(root, Path) else Path()  # groups only form for a folder
 
     def flush() -> Work:
         refs = tuple(group)
         group.clear()
         if refs[0].box is not None:
-            return partial(objects.crop_job, disk, refs, size, max_pixels)
-        return partial(video.frames_job, disk, refs, size, max_pixels)
+            return partial(objects.crop_job, root, refs, size, max_pixels)
+        return partial(video.frames_job, root, refs, size, max_pixels)
 
     for item in items:
         ref = SampleRef.image(item) if isinstance(item, str) else item
-        if not isinstance(root, Path):
-            yield _remote_image(root, ref, size, max_pixels)
-            continue
         if group and not _continues(group, ref):
             yield flush()
         if ref.frame is not None and ref.box is not None:
@@ -412,41 +416,11 @@ def _invalid(ref: SampleRef) -> Work:
     return work
 
 
-def _image_job(root: Path, ref: SampleRef, size: int, max_pixels: int, p: Producer) -> None:
+def _image_job(root: Root, ref: SampleRef, size: int, max_pixels: int, p: Producer) -> None:
     p.acquire()
     try:
-        item: Decoded = decode_for_model(root / ref.file, size, max_pixels=max_pixels)
+        source = root / ref.file if isinstance(root, Path) else root.read_bytes(ref.file)
+        item: Decoded = decode_for_model(source, size, max_pixels=max_pixels)
     except CorruptImage as exc:
         item = exc
     p.put(ref, item)
-
-
-def _remote_image(reader: ObjectReader, ref: SampleRef, size: int, max_pixels: int) -> Work:
-    """An image from object storage; frames and crops need files on disk (not yet)."""
-    from sift_worker.sources.video import VIDEO_EXTENSIONS  # video imports this module
-
-    if (
-        ref.frame is not None
-        or ref.box is not None
-        or (Path(ref.file).suffix.lower() in VIDEO_EXTENSIONS)
-    ):
-        return _invalid_remote(ref)
-
-    def work(p: Producer) -> None:
-        p.acquire()
-        try:
-            item: Decoded = decode_for_model(
-                reader.read_bytes(ref.file), size, max_pixels=max_pixels
-            )
-        except CorruptImage as exc:
-            item = exc
-        p.put(ref, item)
-
-    return work
-
-
-def _invalid_remote(ref: SampleRef) -> Work:
-    def work(_: Producer) -> None:
-        raise ValueError(f"{ref.id}: videos and objects from object storage are not supported yet")
-
-    return work

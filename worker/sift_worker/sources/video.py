@@ -14,7 +14,9 @@ larger than ``max_pixels`` per frame, or fails to decode yields one
 did decode, and the iteration stops (a frame the decoder flags as corrupt counts as
 a failure too). Files are opened with FFmpeg's ``file`` protocol and only the
 MP4/MOV, Matroska/WebM and AVI demuxers, so a crafted file cannot make FFmpeg read a
-playlist's URLs or other local files.
+playlist's URLs or other local files. A video in object storage is first copied to a
+private temporary file (ranged GETs, size-capped: the data plane's ``temp_copy``),
+decoded exactly like a file on a volume, and deleted right after.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Generator, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import av
@@ -36,6 +39,7 @@ from sift_worker.imaging import DEFAULT_MAX_PIXELS, CorruptImage, _scrub
 from sift_worker.sources.samples import (
     Decoded,
     Producer,
+    Root,
     SampleRef,
     check_sampling,
     fit,
@@ -108,7 +112,7 @@ def frame_thumbnail(
 
 
 def video_job(
-    root: Path,
+    root: Root,
     ref: SampleRef,
     size: int,
     every_n: int,
@@ -117,15 +121,45 @@ def video_job(
     p: Producer,
 ) -> None:
     """All (every_n-th) frames of ``ref.file``; a failure is reported under ``ref``."""
-    _drive(_samples(root / ref.file, ref, size, every_n, max_frames, None, max_pixels), p)
+    if max_frames == 0:
+        return
+    with _local_file(root, ref.file, [ref], p) as path:
+        if path is not None:
+            _drive(_samples(path, ref, size, every_n, max_frames, None, max_pixels), p)
 
 
 def frames_job(
-    root: Path, refs: Sequence[SampleRef], size: int, max_pixels: int, p: Producer
+    root: Root, refs: Sequence[SampleRef], size: int, max_pixels: int, p: Producer
 ) -> None:
     """The frames of ``refs`` (one file, increasing frames) in one sequential pass."""
     file_ref = SampleRef.image(refs[0].file)
-    _drive(_samples(root / refs[0].file, file_ref, size, 1, None, refs, max_pixels), p)
+    with _local_file(root, refs[0].file, refs, p) as path:
+        if path is not None:
+            _drive(_samples(path, file_ref, size, 1, None, refs, max_pixels), p)
+
+
+@contextmanager
+def _local_file(
+    root: Root, file: str, refs: Sequence[SampleRef], p: Producer
+) -> Iterator[Path | None]:
+    """The video as a file: on the volume, or a temporary copy from object storage that is
+    deleted once decoded. A copy that cannot be made (vanished, too large) gives each of
+    ``refs`` the CorruptImage and yields None."""
+    if isinstance(root, Path):
+        yield root / file
+        return
+    try:
+        path = root.temp_copy(file)
+    except CorruptImage as exc:
+        for ref in refs:
+            p.acquire()
+            p.put(ref, exc)
+        yield None
+        return
+    try:
+        yield path
+    finally:
+        path.unlink(missing_ok=True)
 
 
 def _drive(items: Generator[tuple[SampleRef, Decoded]], p: Producer) -> None:

@@ -1,0 +1,355 @@
+"""Object storage beyond whole images: object crops, video frames and side files
+(metadata, predictions) read through signed URLs from moto S3 on 127.0.0.1 give the
+very same artifacts as the same data on a volume, and leak no signed URL."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+from sift_worker import dataplane
+from sift_worker.cli import EXIT_OK, main
+from sift_worker.dataplane import RemoteInput, TooLargeError
+from sift_worker.fetch import Fetcher, ObjectGoneError
+from sift_worker.imaging import CorruptImage
+from sift_worker.storage import RunSigner
+from sift_worker.storage.s3 import S3Storage
+from storage_servers import (
+    CANARY_KEY_ID,
+    CANARY_SECRET,
+    Server,
+    canary_s3_client,
+    set_canary_aws_env,
+    upload_tree,
+)
+
+LEAKS = (CANARY_SECRET, CANARY_KEY_ID, "X-Amz-Signature", "X-Amz-Credential", "Signature=")
+ARTIFACTS = ("selection.csv", "corrupt.csv", "input_problems.csv", "embeddings.npy")
+
+
+@pytest.fixture
+def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    set_canary_aws_env(monkeypatch)
+
+
+def _image(path: Path, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    arr = np.zeros((60, 80, 3), np.uint8)
+    arr[:] = rng.integers(0, 256, 3, dtype=np.uint8)
+    for _ in range(3):  # a few blocks: crops of different boxes differ
+        x, y = int(rng.integers(0, 60)), int(rng.integers(0, 40))
+        arr[y : y + 20, x : x + 20] = rng.integers(0, 256, 3, dtype=np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path, "JPEG", quality=90)
+
+
+@pytest.fixture(scope="module")
+def objects_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Images with detections and metadata in the default (hidden) side-file prefixes.
+
+    Covered: a sample without predictions, one with invalid predictions JSON, one
+    without metadata, a box partly outside its image.
+    """
+    root = tmp_path_factory.mktemp("objects")
+    preds, meta = root / ".sift" / "predictions", root / ".sift" / "metadata"
+    preds.mkdir(parents=True)
+    meta.mkdir(parents=True)
+    (preds / "schema.json").write_text(
+        json.dumps({"task": "detection", "classes": ["car", "person"]})
+    )
+    for i in range(8):
+        name = f"cam{i % 2}/img{i}.jpg"
+        _image(root / name, i)
+        side = Path(name).with_suffix(".json")
+        objects = [
+            {"box": [2 + i, 3, 30, 25], "class": "car", "score": 0.9},
+            {"box": [40, 20 + i, 30, 30], "class": i % 2, "score": 0.6},
+            {"box": [70, 50, 30, 30], "class": "person", "score": 0.5},  # overshoots
+        ]
+        if i == 5:
+            continue  # no predictions: a missing file, as on a volume
+        (preds / side).parent.mkdir(parents=True, exist_ok=True)
+        (preds / side).write_text(
+            "{not json" if i == 6 else json.dumps({"objects": objects[: 1 + i % 3]})
+        )
+        if i != 3:
+            (meta / side).parent.mkdir(parents=True, exist_ok=True)
+            (meta / side).write_text(json.dumps({"weather": ["sunny", "rain"][i % 2], "w": i}))
+    return root
+
+
+def _manifest(
+    tmp_path: Path, name: str, inp: dict[str, Any], out: dict[str, Any], spec_input: dict[str, Any]
+) -> Path:
+    doc = {
+        "apiVersion": "sift.dev/v1alpha1",
+        "kind": "SelectionRun",
+        "metadata": {"name": name},
+        "spec": {
+            "datasource": {"input": inp, "output": out},
+            "input": {"embeddings": {"model": "tiny", "batchSize": 4}, **spec_input},
+            "selection": {
+                "nSamples": 6,
+                "strategies": [
+                    {"input": {"type": "embeddings"}, "strategy": {"type": "diversity"}},
+                    {
+                        "input": {"type": "scores", "task": "detection", "score": "entropy"},
+                        "strategy": {"type": "weights"},
+                    },
+                    {
+                        "input": {"type": "metadata", "key": "weather"},
+                        "strategy": {"type": "balance", "distribution": "uniform"},
+                    },
+                ],
+            },
+        },
+    }
+    if spec_input.get("type") == "videos":  # no side files: embeddings only
+        doc["spec"]["selection"]["strategies"] = doc["spec"]["selection"]["strategies"][:1]
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def _compare_s3_with_volume(
+    moto: Server,
+    root: Path,
+    tmp_path: Path,
+    spec_input: dict[str, Any],
+    capfd: pytest.CaptureFixture[str],
+) -> dict[str, bytes]:
+    client = canary_s3_client(moto.endpoint)
+    inb, outb = f"in-{uuid.uuid4().hex[:8]}", f"out-{uuid.uuid4().hex[:8]}"
+    client.create_bucket(Bucket=inb)
+    client.create_bucket(Bucket=outb)
+    upload_tree(client, inb, root, "data/")
+    s3_in = {"s3": {"bucket": inb, "prefix": "data/", "endpoint": moto.endpoint}}
+    s3_out = {"s3": {"bucket": outb, "prefix": "run/", "endpoint": moto.endpoint}}
+    local = tmp_path / "local-out"
+    vol = _manifest(
+        tmp_path,
+        "vol",
+        {"volume": {"path": str(root)}},
+        {"volume": {"path": str(local)}},
+        spec_input,
+    )
+    assert main(["run", str(vol)]) == EXIT_OK
+    capfd.readouterr()
+    remote = _manifest(tmp_path, "s3", s3_in, s3_out, spec_input)
+    assert main(["run", str(remote), "--log-format", "json"]) == EXIT_OK
+    logs = capfd.readouterr().err
+    got = {a: client.get_object(Bucket=outb, Key=f"run/{a}")["Body"].read() for a in ARTIFACTS}
+    for artifact in ARTIFACTS:
+        assert got[artifact] == (local / artifact).read_bytes(), artifact
+    thumbs = client.list_objects_v2(Bucket=outb, Prefix="run/thumbnails/").get("Contents", [])
+    assert len(thumbs) == len(list((local / "thumbnails").iterdir())) > 0
+    for leak in LEAKS:  # canary: no credential or signed URL in any log line or artifact
+        assert leak not in logs, leak
+        for data in got.values():
+            assert leak.encode() not in data, leak
+    return got
+
+
+def test_objects_and_side_files_from_s3_match_the_volume(
+    moto_server: Server,
+    objects_root: Path,
+    aws_env: None,
+    tmp_path: Path,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    spec_input = {
+        "type": "objects",
+        "predictions": {"task": "detection"},
+        "metadata": {},
+        "objects": {"minSize": 4},
+    }
+    got = _compare_s3_with_volume(moto_server, objects_root, tmp_path, spec_input, capfd)
+    selection = got["selection.csv"].decode()
+    assert "cam0/img0.jpg#object=0" in selection  # crops are the samples
+    problems = got["input_problems.csv"].decode()
+    # the same problems as on the volume (compared byte for byte above), and they are real
+    assert ".sift/predictions/cam0/img6.json" in problems
+    assert "invalid JSON" in problems
+    # img5 has no side files at all, img6 bad predictions, img3 no metadata file
+    assert "predictions,missing for 2 of 8 samples" in problems
+    assert "metadata:weather,missing for 2 of 8 samples" in problems
+
+
+def test_predictions_without_schema_read_no_sidecar(
+    moto_server: Server, aws_env: None, tmp_path: Path
+) -> None:
+    """Without a schema no per-sample file is read (as on a volume): no request either."""
+    from sift_worker.api.v1alpha1 import InputSpec
+    from sift_worker.inputs.staging import stage_side_files
+
+    client = canary_s3_client(moto_server.endpoint)
+    bucket = f"side-{uuid.uuid4().hex[:8]}"
+    client.create_bucket(Bucket=bucket)
+    client.put_object(Bucket=bucket, Key="in/.sift/predictions/a.json", Body=b"{}")
+    client.put_object(Bucket=bucket, Key="in/m/metadata.jsonl", Body=b'{"filename": "a.jpg"}\n')
+    client.put_object(Bucket=bucket, Key="in/m/a.json", Body=b"{}")
+    spec = InputSpec.model_validate(
+        {
+            "type": "images",
+            "embeddings": {"model": "tiny"},
+            "predictions": {"task": "classification"},
+            "metadata": {"prefix": "m/"},
+        }
+    )
+    signer = RunSigner(S3Storage(bucket, "in/", endpoint=moto_server.endpoint))
+    with Fetcher(signer.allowed_hosts()) as fetch:
+        remote = RemoteInput(signer, fetch, tmp_path / "staging")
+        folder, problems = stage_side_files(remote, spec, ["a.jpg", "b.jpg"], metadata=True)
+    staged = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+    assert staged == ["m/metadata.jsonl"]  # a table: per-sample metadata files are not read
+    assert problems == []
+
+
+@pytest.fixture(scope="module")
+def videos_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("videos")
+    for i, (w, h) in enumerate(((64, 48), (48, 64), (64, 64))):
+        with av.open(str(root / f"clip{i}.mp4"), "w") as out:
+            stream = out.add_stream("mpeg4", rate=10)
+            stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+            stream.gop_size = 4
+            for n in range(12):
+                arr = np.zeros((h, w, 3), np.uint8)
+                arr[:] = ((n * 20 + i * 70) % 256, (n * 7) % 256, (i * 90) % 256)
+                arr[: h // 3, : w // 3] = 255
+                for packet in stream.encode(av.VideoFrame.from_ndarray(arr, format="rgb24")):
+                    out.mux(packet)
+            for packet in stream.encode():
+                out.mux(packet)
+    (root / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"garbage" * 50)
+    return root
+
+
+def test_videos_from_s3_match_the_volume(
+    moto_server: Server,
+    videos_root: Path,
+    aws_env: None,
+    tmp_path: Path,
+    capfd: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(dataplane, "DOWNLOAD_CHUNK", 4096)  # several ranged GETs per video
+    spec_input = {"type": "videos", "frames": {"everyNFrames": 3, "maxFramesPerVideo": 3}}
+    got = _compare_s3_with_volume(moto_server, videos_root, tmp_path, spec_input, capfd)
+    assert b"clip1.mp4#frame=000006" in got["selection.csv"]
+    assert b"clip1.mp4#frame=000009" not in got["selection.csv"]  # maxFramesPerVideo
+    assert b"broken.mp4" in got["corrupt.csv"]
+
+
+def test_a_video_over_the_download_cap_is_corrupt(
+    moto_server: Server,
+    videos_root: Path,
+    aws_env: None,
+    tmp_path: Path,
+    capfd: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    client = canary_s3_client(moto_server.endpoint)
+    inb, outb = f"in-{uuid.uuid4().hex[:8]}", f"out-{uuid.uuid4().hex[:8]}"
+    client.create_bucket(Bucket=inb)
+    client.create_bucket(Bucket=outb)
+    sizes = {p.name: p.stat().st_size for p in videos_root.glob("clip*.mp4")}
+    cap = sorted(sizes.values())[1]  # the largest clip is over it
+    big = max(sizes, key=lambda n: sizes[n])
+    for name in sizes:
+        client.put_object(Bucket=inb, Key=f"v/{name}", Body=(videos_root / name).read_bytes())
+    monkeypatch.setenv("SIFT_MAX_DOWNLOAD_BYTES", str(cap))
+    s3_in = {"s3": {"bucket": inb, "prefix": "v/", "endpoint": moto_server.endpoint}}
+    s3_out = {"s3": {"bucket": outb, "prefix": "run/", "endpoint": moto_server.endpoint}}
+    path = _manifest(tmp_path, "cap", s3_in, s3_out, {"type": "videos"})
+    assert main(["run", str(path)]) == EXIT_OK
+    capfd.readouterr()
+    corrupt = client.get_object(Bucket=outb, Key="run/corrupt.csv")["Body"].read().decode()
+    assert f"{big},too large to download: over {cap} bytes" in corrupt
+    assert corrupt.count("\n") == 2  # the header and the big clip only
+
+
+def test_download_is_ranged_bounded_and_names_the_object(
+    moto_server: Server, aws_env: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(dataplane, "DOWNLOAD_CHUNK", 1000)
+    client = canary_s3_client(moto_server.endpoint)
+    bucket = f"dl-{uuid.uuid4().hex[:8]}"
+    client.create_bucket(Bucket=bucket)
+    bodies = {"odd.bin": bytes(range(256)) * 11, "even.bin": b"e" * 3000, "empty.bin": b""}
+    for key, body in bodies.items():
+        client.put_object(Bucket=bucket, Key=f"in/{key}", Body=body)
+    client.put_object(Bucket=bucket, Key="in/big.bin", Body=b"b" * 5000)
+    signer = RunSigner(S3Storage(bucket, "in/", endpoint=moto_server.endpoint))
+    with Fetcher(signer.allowed_hosts()) as fetch:
+        remote = RemoteInput(signer, fetch, tmp_path / "staging", max_download=3200)
+        for key, body in bodies.items():  # several chunks, an exact multiple, nothing
+            dest = tmp_path / key
+            assert remote.download(key, dest) == len(body)
+            assert dest.read_bytes() == body
+        with pytest.raises(TooLargeError, match=rf"s3://{bucket}/in/big.bin: .*over 3200 bytes"):
+            remote.download("big.bin", tmp_path / "big")
+        assert (tmp_path / "big").stat().st_size == 3201  # it stopped right after the cap
+        with pytest.raises(ObjectGoneError, match=rf"s3://{bucket}/in/gone.bin: HTTP 404"):
+            remote.download("gone.bin", tmp_path / "gone")
+        assert not (tmp_path / "gone").exists()
+        with pytest.raises(CorruptImage, match="too large to download: over 3200 bytes"):
+            remote.temp_copy("big.bin")
+        with pytest.raises(CorruptImage, match="vanished during the run"):
+            remote.temp_copy("gone.bin")
+        copy = remote.temp_copy("even.bin")
+        assert copy.read_bytes() == bodies["even.bin"]
+        assert copy.is_relative_to(remote.staging)
+        copy.unlink()
+        assert list((remote.staging / "media").iterdir()) == []  # failed copies left nothing
+
+
+def test_remote_frames_equal_the_volume_frames_and_copies_are_deleted(
+    moto_server: Server, videos_root: Path, aws_env: None, tmp_path: Path
+) -> None:
+    from sift_worker.sources.samples import SampleRef, iter_decoded_samples
+
+    client = canary_s3_client(moto_server.endpoint)
+    bucket = f"fr-{uuid.uuid4().hex[:8]}"
+    client.create_bucket(Bucket=bucket)
+    upload_tree(client, bucket, videos_root, "v/")
+    items: list[str | SampleRef] = [
+        "clip0.mp4",
+        SampleRef.video_frame("clip1.mp4", 2),
+        SampleRef.video_frame("clip1.mp4", 7),
+        SampleRef.video_frame("clip2.mp4", 40),  # past the end: corrupt, as on a volume
+        "broken.mp4",
+    ]
+    kw: dict[str, Any] = {"workers": 2, "window": 3, "every_n": 5, "max_frames": 2}
+    local = list(iter_decoded_samples(videos_root, items, 32, **kw))
+    signer = RunSigner(S3Storage(bucket, "v/", endpoint=moto_server.endpoint))
+    with Fetcher(signer.allowed_hosts()) as fetch:
+        remote_input = RemoteInput(signer, fetch, tmp_path / "staging")
+        remote = list(iter_decoded_samples(remote_input, items, 32, **kw))
+        assert list((remote_input.staging / "media").iterdir()) == []  # each copy deleted
+    assert (
+        [r.id for r, _ in remote]
+        == [r.id for r, _ in local]
+        == [
+            "clip0.mp4#frame=000000",
+            "clip0.mp4#frame=000005",
+            "clip1.mp4#frame=000002",
+            "clip1.mp4#frame=000007",
+            "clip2.mp4#frame=000040",
+            "broken.mp4",
+        ]
+    )
+    for (_, a), (_, b) in zip(local, remote, strict=True):
+        if isinstance(a, CorruptImage):
+            assert isinstance(b, CorruptImage)
+            assert a.reason == b.reason
+        else:
+            assert isinstance(b, np.ndarray)
+            np.testing.assert_array_equal(a, b)

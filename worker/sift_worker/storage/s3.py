@@ -35,6 +35,7 @@ from sift_worker.storage.base import (
     cap_lifetime,
     expiry,
 )
+from sift_worker.storage.s3list import ListError, fetch_page, parse_page
 from sift_worker.storage.sigv4 import FastGetSigner, Keys
 
 __all__ = ["S3Credentials", "S3Storage"]
@@ -47,6 +48,7 @@ _BAD_CREDENTIALS = {
     "InvalidClientTokenId",
     "AuthorizationHeaderMalformed",
 }
+LIST_URL_SECONDS = 300  # a list URL is used at once (retries included)
 _DENIED = {"AccessDeniedError", "AllAccessDisabled", "403", "Forbidden"}
 
 
@@ -108,21 +110,29 @@ class S3Storage(Storage):
             "Bucket": self.bucket,
             "Prefix": self.prefix,
             "MaxKeys": max(1, min(page_size, 1000)),
+            "EncodingType": "url",
         }
         if token:
             params["ContinuationToken"] = token
-        try:
-            resp = self._client.list_objects_v2(**params)
+        try:  # botocore builds and signs; the page is read and parsed with ElementTree
+            url = self._client.generate_presigned_url(
+                "list_objects_v2", Params=params, ExpiresIn=LIST_URL_SECONDS
+            )
+            keys = self._keys()
+            if keys is None:
+                raise NoCredentialsError()
+            return parse_page(fetch_page(url, keys), self.prefix)
+        except ListError as exc:
+            if exc.code in ("Unreachable", "Unavailable"):
+                what = "cannot connect to" if exc.code == "Unreachable" else "no listing from"
+                raise StorageError(self.uri(), f"{what} the S3 endpoint: {exc.message}") from None
+            answer: Any = {
+                "Error": {"Code": exc.code, "Message": exc.message},
+                "ResponseMetadata": {"HTTPStatusCode": exc.status},
+            }
+            raise self._error(ClientError(answer, "ListObjectsV2"), self.uri()) from None
         except (ClientError, BotoCoreError) as exc:
             raise self._error(exc, self.uri()) from None
-        n = len(self.prefix)
-        page = [
-            ObjectInfo(item["Key"][n:], int(item.get("Size", 0)))
-            for item in resp.get("Contents", ())
-            if item["Key"].startswith(self.prefix) and len(item["Key"]) > n
-        ]
-        nxt = resp.get("NextContinuationToken") if resp.get("IsTruncated") else None
-        return page, nxt
 
     def _error(self, exc: Exception, uri: str) -> StorageError:
         if isinstance(exc, NoCredentialsError | PartialCredentialsError):

@@ -12,6 +12,7 @@ botocore's SigV4 signer, as boto3 signs its own calls. Keys are asked for URL-en
 
 from __future__ import annotations
 
+import os
 import threading
 from urllib.parse import parse_qsl, unquote_plus, urlencode, urlsplit, urlunsplit
 from xml.etree import ElementTree
@@ -52,7 +53,9 @@ def _http() -> httpx.Client:
     global _client
     with _client_lock:
         if _client is None:
-            _client = httpx.Client(timeout=httpx.Timeout(30.0, connect=10.0))
+            # the CA bundle boto3 would use for a private endpoint, if one is set
+            verify: str | bool = os.environ.get("AWS_CA_BUNDLE") or True
+            _client = httpx.Client(timeout=httpx.Timeout(30.0, connect=10.0), verify=verify)
         return _client
 
 

@@ -13,6 +13,7 @@ botocore's SigV4 signer, as boto3 signs its own calls. Keys are asked for URL-en
 from __future__ import annotations
 
 import os
+import ssl
 import threading
 from urllib.parse import parse_qsl, unquote_plus, urlencode, urlsplit, urlunsplit
 from xml.etree import ElementTree
@@ -54,7 +55,10 @@ def _http() -> httpx.Client:
     with _client_lock:
         if _client is None:
             # the CA bundle boto3 would use for a private endpoint, if one is set
-            verify: str | bool = os.environ.get("AWS_CA_BUNDLE") or True
+            bundle = os.environ.get("AWS_CA_BUNDLE")
+            verify: ssl.SSLContext | bool = (
+                ssl.create_default_context(cafile=bundle) if bundle else True
+            )
             _client = httpx.Client(timeout=httpx.Timeout(30.0, connect=10.0), verify=verify)
         return _client
 

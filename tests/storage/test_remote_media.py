@@ -261,3 +261,107 @@ def test_remote_frames_equal_the_volume_frames_and_copies_are_deleted(
         else:
             assert isinstance(b, np.ndarray)
             np.testing.assert_array_equal(a, b)
+
+
+def _gcs_store(server: Server, objects: dict[str, bytes]) -> Any:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from google.auth.credentials import AnonymousCredentials
+    from sift_worker.storage.gcs import GCSStorage, service_account_credentials
+    from test_storage_gcs import _bucket
+
+    pem = (
+        rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        .private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        .decode()
+    )
+    info = {
+        "type": "service_account",
+        "project_id": "sift-test",
+        "private_key_id": "k1",
+        "private_key": pem,
+        "client_email": "sift@sift-test.iam.gserviceaccount.com",
+        "client_id": "1",
+        "token_uri": "http://127.0.0.1:9/token",
+    }
+    return GCSStorage(
+        _bucket(server, objects),
+        "in/",
+        credentials=service_account_credentials(info, "test"),
+        api_credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
+        endpoint=server.endpoint,
+    )
+
+
+def _azure_store(server: Server, objects: dict[str, bytes]) -> Any:
+    from sift_worker.storage.azure import AzureStorage
+    from storage_servers import AZURITE_ACCOUNT, AZURITE_KEY
+    from test_storage_azure import _container
+
+    return AzureStorage(
+        AZURITE_ACCOUNT,
+        _container(server, objects),
+        "in/",
+        account_key=AZURITE_KEY,
+        endpoint=server.endpoint,
+    )
+
+
+@pytest.mark.parametrize("backend", ["gcs", "azure"])
+def test_ranged_downloads_on_the_gcs_and_azure_emulators(
+    backend: str,
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The emulators honour Range on signed GETs (a server ignoring it would be an error)."""
+    monkeypatch.setattr(dataplane, "DOWNLOAD_CHUNK", 1000)
+    bodies = {"odd.bin": bytes(range(256)) * 11, "even.bin": b"e" * 2000, "empty.bin": b""}
+    objects = {f"in/{k}": v for k, v in bodies.items()}
+    if backend == "gcs":
+        store = _gcs_store(request.getfixturevalue("gcs_server"), objects)
+    else:
+        store = _azure_store(request.getfixturevalue("azurite"), objects)
+    signer = RunSigner(store)
+    with Fetcher(signer.allowed_hosts()) as fetch:
+        remote = RemoteInput(signer, fetch, tmp_path / "staging")
+        for key, body in bodies.items():
+            assert remote.download(key, tmp_path / key) == len(body), key
+            assert (tmp_path / key).read_bytes() == body, key
+        with pytest.raises(ObjectGoneError):
+            remote.download("gone.bin", tmp_path / "gone")
+
+
+def test_side_file_keys_that_cannot_be_object_keys_and_oversized_tables(
+    moto_server: Server, aws_env: None, tmp_path: Path
+) -> None:
+    from sift_worker.api.v1alpha1 import InputSpec
+    from sift_worker.inputs.staging import stage_side_files
+
+    client = canary_s3_client(moto_server.endpoint)
+    bucket = f"keys-{uuid.uuid4().hex[:8]}"
+    client.create_bucket(Bucket=bucket)
+    client.put_object(Bucket=bucket, Key="in/t/metadata.jsonl", Body=b"x" * 5000)
+
+    def spec(prefix: str) -> InputSpec:
+        return InputSpec.model_validate(
+            {"embeddings": {"model": "tiny"}, "metadata": {"prefix": prefix}}
+        )
+
+    signer = RunSigner(S3Storage(bucket, "in/", endpoint=moto_server.endpoint))
+    with Fetcher(signer.allowed_hosts()) as fetch:
+        remote = RemoteInput(signer, fetch, tmp_path / "staging", max_download=4000)
+        _, problems = stage_side_files(remote, spec("m//"), ["a.jpg"], metadata=True)
+        assert [p.filename for p in problems] == [
+            "m//metadata.parquet",
+            "m//metadata.jsonl",
+            "m//a.json",
+        ]
+        assert all("not a usable object key" in p.reason for p in problems)
+        with pytest.raises(TooLargeError, match=rf"s3://{bucket}/in/t/metadata.jsonl: .*4000"):
+            stage_side_files(remote, spec("t/"), ["a.jpg"], metadata=True)
+        assert not list((remote.side_dir / "t").iterdir())  # no partial table left

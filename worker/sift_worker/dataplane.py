@@ -58,7 +58,7 @@ FETCH_CONCURRENCY = 16
 FINAL_ARTIFACT = "run.json"
 SIGN_BATCH = 256  # keys per signing call for side files (the broker takes up to 1,000)
 DOWNLOAD_CHUNK = 8 * 1024 * 1024  # one ranged GET: what a download holds in memory
-MAX_DOWNLOAD_BYTES = 16 * 1024**3
+MAX_DOWNLOAD_BYTES = 4 * 1024**3
 """Largest object copied to the staging folder (a video, a metadata table);
 ``SIFT_MAX_DOWNLOAD_BYTES`` overrides it."""
 

@@ -365,3 +365,30 @@ def test_side_file_keys_that_cannot_be_object_keys_and_oversized_tables(
         with pytest.raises(TooLargeError, match=rf"s3://{bucket}/in/t/metadata.jsonl: .*4000"):
             stage_side_files(remote, spec("t/"), ["a.jpg"], metadata=True)
         assert not list((remote.side_dir / "t").iterdir())  # no partial table left
+
+
+def test_a_download_signs_once_unless_its_url_nears_expiry(
+    moto_server: Server, aws_env: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from datetime import timedelta
+
+    monkeypatch.setattr(dataplane, "DOWNLOAD_CHUNK", 1000)
+    client = canary_s3_client(moto_server.endpoint)
+    bucket = f"sig-{uuid.uuid4().hex[:8]}"
+    client.create_bucket(Bucket=bucket)
+    client.put_object(Bucket=bucket, Key="in/v.mp4", Body=b"v" * 4500)  # five chunks
+    for lifetime, signings in ((None, 1), (timedelta(seconds=30), 5)):
+        signer = RunSigner(
+            S3Storage(bucket, "in/", endpoint=moto_server.endpoint), lifetime=lifetime
+        )
+        calls: list[int] = []
+
+        def counted(keys: Any, sign: Any = signer.sign_inputs, calls: list[int] = calls) -> Any:
+            calls.append(1)
+            return sign(keys)
+
+        monkeypatch.setattr(signer, "sign_inputs", counted)
+        with Fetcher(signer.allowed_hosts()) as fetch:
+            remote = RemoteInput(signer, fetch, tmp_path / "staging")
+            assert remote.download("v.mp4", tmp_path / "v.mp4") == 4500
+        assert len(calls) == signings, lifetime

@@ -33,6 +33,7 @@ from collections.abc import Callable, Container, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 from functools import partial
 from pathlib import Path
 
@@ -58,6 +59,7 @@ FETCH_CONCURRENCY = 16
 FINAL_ARTIFACT = "run.json"
 SIGN_BATCH = 256  # keys per signing call for side files (the broker takes up to 1,000)
 DOWNLOAD_CHUNK = 8 * 1024 * 1024  # one ranged GET: what a download holds in memory
+RESIGN_MARGIN = timedelta(seconds=90)  # a download's URL is re-signed this long before expiry
 MAX_DOWNLOAD_BYTES = 4 * 1024**3
 """Largest object copied to the staging folder (a video, a metadata table);
 ``SIFT_MAX_DOWNLOAD_BYTES`` overrides it."""
@@ -145,10 +147,11 @@ class RemoteInput:
         label = self.uri(name)
         dest.parent.mkdir(parents=True, exist_ok=True)
         written = 0
+        url = signed
         with dest.open("wb") as fh:
             while True:
-                url = signed if signed is not None else self.signer.sign_inputs([name])[0]
-                signed = None
+                if url is None or url.expires_within(RESIGN_MARGIN):  # one URL for all chunks
+                    url = self.signer.sign_inputs([name])[0]
                 want = min(DOWNLOAD_CHUNK, cap + 1 - written)
                 ranged = dataclasses.replace(
                     url, headers={**url.headers, "Range": f"bytes={written}-{written + want - 1}"}
@@ -234,6 +237,7 @@ class RemoteInput:
         try:
             self.download(name, dest)
         except ObjectGoneError:
+            dest.unlink(missing_ok=True)
             raise CorruptImage("object vanished during the run (HTTP 404)") from None
         except TooLargeError:
             dest.unlink(missing_ok=True)

@@ -9,9 +9,17 @@
    of 10k and 100k objects from the same server, page by page: flat as N grows.
 
 moto serves every request from Python on the same cores as the pipeline, so on a
-small machine the S3 figure includes moto's own CPU time.
+small machine the S3 figure includes moto's own CPU time. Two options take the storage
+server's cost out of the worker's way, as a remote store would be:
+
+* ``--server s3rver``: the S3 run reads from s3rver (Node; checks every SigV4
+  signature, so a wrongly signed URL fails the run), installed once with npm into
+  ``$SIFT_TEST_CACHE`` (or ``~/.cache/sift-test``);
+* ``--pin``: the storage servers run on CPU 1 and this process (the worker, both runs,
+  one torch thread) on CPU 0, so folder and S3 runs get the same compute.
 
     python benchmarks/bench_storage.py [--n 5000] [--list 10000,100000]
+    python benchmarks/bench_storage.py --n 1000 --server s3rver --pin --no-gcs
 """
 
 from __future__ import annotations
@@ -97,6 +105,88 @@ def serve_moto(images: Path, list_sizes: list[int]) -> None:
     server.stop()
 
 
+# --- s3rver (optional) ----------------------------------------------------------------------
+
+S3RVER_VERSION = "3.7.1"
+S3RVER_KEY = "S3RVER"  # s3rver's built-in key pair (id and secret)
+
+
+def s3rver_binary() -> Path:
+    """s3rver from the npm registry, installed once into the test cache."""
+    cache = Path(os.environ.get("SIFT_TEST_CACHE") or Path.home() / ".cache" / "sift-test")
+    target = cache / f"s3rver-{S3RVER_VERSION}"
+    binary = target / "node_modules" / ".bin" / "s3rver"
+    if not binary.exists():
+        target.mkdir(parents=True, exist_ok=True)
+        subprocess.run(
+            ["npm", "install", "--no-audit", "--no-fund", f"s3rver@{S3RVER_VERSION}"],
+            cwd=target,
+            check=True,
+            capture_output=True,
+        )
+    return binary
+
+
+@contextlib.contextmanager
+def s3rver_location(
+    images: Path, tmp: Path
+) -> Iterator[tuple[subprocess.Popen[bytes], str, dict[str, object], dict[str, object]]]:
+    """s3rver on 127.0.0.1 with the images under ``img/`` (seeded through boto3)."""
+    import socket
+    from concurrent.futures import ThreadPoolExecutor
+
+    import boto3
+    import httpx
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    endpoint = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen(
+        [
+            str(s3rver_binary()),
+            *("-d", str(tmp / "s3rver"), "-a", "127.0.0.1", "-p", str(port), "--silent"),
+            *("--configure-bucket", BUCKET_IN, "--configure-bucket", BUCKET_OUT),
+        ]
+    )
+    try:
+        for _ in range(100):
+            try:
+                httpx.get(endpoint, timeout=2)
+                break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        client = boto3.client(
+            "s3",
+            endpoint_url=endpoint,
+            region_name="us-east-1",
+            aws_access_key_id=S3RVER_KEY,
+            aws_secret_access_key=S3RVER_KEY,
+        )
+        with ThreadPoolExecutor(8) as pool:
+            list(
+                pool.map(
+                    lambda p: client.put_object(
+                        Bucket=BUCKET_IN, Key=f"img/{p.name}", Body=p.read_bytes()
+                    ),
+                    sorted(images.iterdir()),
+                )
+            )
+        yield (
+            server,
+            endpoint,
+            {"s3": {"bucket": BUCKET_IN, "prefix": "img/", "endpoint": endpoint}},
+            {"s3": {"bucket": BUCKET_OUT, "prefix": "run/", "endpoint": endpoint}},
+        )
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def pin(pid: int, cpu: int) -> None:
+    os.sched_setaffinity(pid, {cpu})
+
+
 # --- measurements -------------------------------------------------------------------------
 
 
@@ -162,7 +252,9 @@ def listing_peak(endpoint: str, n: int) -> tuple[float, int, float]:
 
 
 @contextlib.contextmanager
-def gcs_location(images: Path, tmp: Path) -> Iterator[tuple[dict[str, object], dict[str, object]]]:
+def gcs_location(
+    images: Path, tmp: Path
+) -> Iterator[tuple[subprocess.Popen[bytes], dict[str, object], dict[str, object]]]:
     """fake-gcs-server (Go) seeded with the images: the worker side without moto's cost."""
     import json
     import socket
@@ -225,6 +317,7 @@ def gcs_location(images: Path, tmp: Path) -> Iterator[tuple[dict[str, object], d
             GOOGLE_APPLICATION_CREDENTIALS=str(key_file), STORAGE_EMULATOR_HOST=endpoint
         )
         yield (
+            server,
             {"gcs": {"bucket": "gin", "prefix": "img/"}},
             {"gcs": {"bucket": "gout", "prefix": "run/"}},
         )
@@ -266,8 +359,23 @@ def main() -> None:
         action="store_false",
         help="skip the same run on fake-gcs-server (a faster server than moto)",
     )
+    ap.add_argument(
+        "--server",
+        choices=("moto", "s3rver"),
+        default="moto",
+        help="the S3 server of the throughput runs (listing memory always uses moto)",
+    )
+    ap.add_argument(
+        "--pin",
+        action="store_true",
+        help="storage servers on CPU 1, the worker (this process, 1 thread) on CPU 0",
+    )
     ap.add_argument("--serve-moto", nargs=2, metavar=("IMAGES", "LIST"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.pin:
+        if len(os.sched_getaffinity(0)) < 2:
+            ap.error("--pin needs two CPUs")
+        args.threads = 1
     if args.serve_moto:
         serve_moto(Path(args.serve_moto[0]), [int(x) for x in args.serve_moto[1].split(",") if x])
         return
@@ -296,42 +404,67 @@ def main() -> None:
                 AWS_SECRET_ACCESS_KEY=SECRET,
                 AWS_DEFAULT_REGION="us-east-1",
             )
-            s3_in = {"s3": {"bucket": BUCKET_IN, "prefix": "img/", "endpoint": endpoint}}
-            s3_out = {"s3": {"bucket": BUCKET_OUT, "prefix": "run/", "endpoint": endpoint}}
-            vol_in = {"volume": {"path": str(images)}}
-            vol_out = {"volume": {"path": str(Path(tmp) / "out")}}
-
-            run_once(vol_in, {"volume": {"path": str(Path(tmp) / "warm")}}, args.threads)
+            s3_in: dict[str, object] = {
+                "s3": {"bucket": BUCKET_IN, "prefix": "img/", "endpoint": endpoint}
+            }
+            s3_out: dict[str, object] = {
+                "s3": {"bucket": BUCKET_OUT, "prefix": "run/", "endpoint": endpoint}
+            }
+            vol_in: dict[str, object] = {"volume": {"path": str(images)}}
+            vol_out: dict[str, object] = {"volume": {"path": str(Path(tmp) / "out")}}
             results: dict[str, list[float]] = {"volume": [], "s3": [], "gcs": []}
             with contextlib.ExitStack() as stack:
-                gcs_in, gcs_out = (
-                    stack.enter_context(gcs_location(images, Path(tmp))) if args.gcs else ({}, {})
+                server_pid = child.pid
+                if args.server == "s3rver":
+                    proc, _, s3_in, s3_out = stack.enter_context(s3rver_location(images, Path(tmp)))
+                    server_pid = proc.pid
+                    os.environ.update(
+                        AWS_ACCESS_KEY_ID=S3RVER_KEY, AWS_SECRET_ACCESS_KEY=S3RVER_KEY
+                    )
+                gcs_proc, gcs_in, gcs_out = (
+                    stack.enter_context(gcs_location(images, Path(tmp)))
+                    if args.gcs
+                    else (None, {}, {})
                 )
+                if args.pin:
+                    for pid in (child.pid, server_pid, gcs_proc.pid if gcs_proc else 0):
+                        if pid:
+                            pin(pid, 1)
+                    pin(os.getpid(), 0)
+                warm: dict[str, object] = {"volume": {"path": str(Path(tmp) / "warm")}}
+                run_once(vol_in, warm, args.threads)
+                server_cpu = worker_cpu = 0.0
                 for _ in range(args.rounds):  # interleaved: a noisy machine hits all alike
                     sec, n = run_once(vol_in, vol_out, args.threads)
                     results["volume"].append(n / sec)
-                    moto_before, me_before = cpu_seconds(child.pid), cpu_seconds(os.getpid())
+                    server_before, me_before = cpu_seconds(server_pid), cpu_seconds(os.getpid())
                     sec, n = run_once(s3_in, s3_out, args.threads)
-                    moto_cpu = cpu_seconds(child.pid) - moto_before
-                    my_cpu = cpu_seconds(os.getpid()) - me_before
+                    server_cpu = cpu_seconds(server_pid) - server_before
+                    worker_cpu = cpu_seconds(os.getpid()) - me_before
                     results["s3"].append(n / sec)
                     if args.gcs:
                         sec, n = run_once(gcs_in, gcs_out, args.threads)
                         results["gcs"].append(n / sec)
-                moto_ceiling = fetch_only(s3_in)
+                s3_ceiling = fetch_only(s3_in)
                 gcs_ceiling = fetch_only(gcs_in) if args.gcs else 0.0
             vol = statistics.median(results["volume"])
             s3 = statistics.median(results["s3"])
+            where = (
+                "storage servers on CPU 1, the worker on CPU 0"
+                if args.pin
+                else f"everything on {os.cpu_count()} shared CPUs"
+            )
             print(
                 f"end-to-end, {args.n} JPEGs, tiny model, {args.threads} threads, "
-                f"median of {args.rounds} interleaved rounds:"
+                f"median of {args.rounds} interleaved rounds ({where}):"
             )
             print(f"  local folder      {vol:7.1f} images/s")
-            print(f"  S3 signed URLs    {s3:7.1f} images/s   (moto server)")
+            print(f"  S3 signed URLs    {s3:7.1f} images/s   ({args.server} server)")
             print(f"  ratio S3/folder   {s3 / vol:7.2f}   (target >= 0.90)")
             print(
-                f"  S3 run CPU: moto server {moto_cpu:.1f} s, worker {my_cpu:.1f} s "
-                f"(wall {n / s3:.1f} s on {os.cpu_count()} CPUs)"
+                f"  S3 run CPU (last round): {args.server} {server_cpu:.1f} s, worker "
+                f"{worker_cpu:.1f} s = {1000 * worker_cpu / args.n:.1f} ms an image "
+                f"(folder run: {1000 / vol:.1f} ms an image of wall time)"
             )
             if args.gcs:
                 gcs = statistics.median(results["gcs"])
@@ -339,8 +472,8 @@ def main() -> None:
                 print(f"  ratio GCS/folder  {gcs / vol:7.2f}")
 
             print(
-                f"  moto alone: {moto_ceiling:7.1f} objects/s for signed GETs with no decode "
-                f"(the server's ceiling); S3 pipeline / that: {s3 / moto_ceiling:.2f}"
+                f"  {args.server} alone: {s3_ceiling:7.1f} objects/s for signed GETs with no "
+                f"decode (the server's ceiling); S3 pipeline / that: {s3 / s3_ceiling:.2f}"
             )
             if args.gcs:
                 print(

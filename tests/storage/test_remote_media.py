@@ -392,3 +392,51 @@ def test_a_download_signs_once_unless_its_url_nears_expiry(
             remote = RemoteInput(signer, fetch, tmp_path / "staging")
             assert remote.download("v.mp4", tmp_path / "v.mp4") == 4500
         assert len(calls) == signings, lifetime
+
+
+def test_an_image_is_fetched_once_for_all_its_objects(
+    moto_server: Server,
+    objects_root: Path,
+    aws_env: None,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from sift_worker.sources.objects import object_refs
+    from sift_worker.sources.samples import SampleRef, iter_decoded_samples
+
+    client = canary_s3_client(moto_server.endpoint)
+    bucket = f"crop-{uuid.uuid4().hex[:8]}"
+    client.create_bucket(Bucket=bucket)
+    upload_tree(client, bucket, objects_root, "d/")
+    boxes = [(2, 3, 30, 25), (40, 20, 30, 30), (70, 50, 30, 30), (500, 500, 9, 9)]
+    refs: list[str | SampleRef] = [
+        *object_refs("cam0/img0.jpg", boxes),
+        *object_refs("cam1/img1.jpg", boxes[:2]),
+        *object_refs("cam0/gone.jpg", boxes[:2]),  # not in the bucket: every box says so
+    ]
+    kw: dict[str, Any] = {"workers": 2, "window": 4}
+    signer = RunSigner(S3Storage(bucket, "d/", endpoint=moto_server.endpoint))
+    with Fetcher(signer.allowed_hosts()) as fetch:
+        remote = RemoteInput(signer, fetch, tmp_path / "staging")
+        reads: list[str] = []
+        read = remote.read_bytes
+        monkeypatch.setattr(remote, "read_bytes", lambda name: reads.append(name) or read(name))
+        got = list(iter_decoded_samples(remote, refs, 32, **kw))
+    assert sorted(reads) == ["cam0/gone.jpg", "cam0/img0.jpg", "cam1/img1.jpg"]
+    # the same crops as from the folder (the box outside the image corrupt in both)
+    present = [r for r in refs if not isinstance(r, str) and r.file != "cam0/gone.jpg"]
+    local = list(iter_decoded_samples(objects_root, present, 32, **kw))
+    assert [r.id for r, _ in got[: len(local)]] == [r.id for r, _ in local]
+    for (_, a), (_, b) in zip(local, got, strict=False):
+        if isinstance(a, CorruptImage):
+            assert isinstance(b, CorruptImage)
+            assert a.reason == b.reason
+        else:
+            assert isinstance(b, np.ndarray)
+            np.testing.assert_array_equal(a, b)
+    gone = [b for r, b in got if r.file == "cam0/gone.jpg"]
+    assert len(gone) == 2
+    for item in gone:
+        assert isinstance(item, CorruptImage)
+        assert item.reason == "object vanished during the run (HTTP 404)"
+    assert sum(isinstance(b, CorruptImage) for _, b in got) == 3

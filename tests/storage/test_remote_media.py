@@ -78,6 +78,10 @@ def _compare_s3_with_volume(
         assert got[artifact] == (local / artifact).read_bytes(), artifact
     thumbs = client.list_objects_v2(Bucket=outb, Prefix="run/thumbnails/").get("Contents", [])
     assert len(thumbs) == len(list((local / "thumbnails").iterdir())) > 0
+    for obj in thumbs:  # the same pictures, under the same names
+        name = obj["Key"].rsplit("/", 1)[1]
+        body = client.get_object(Bucket=outb, Key=obj["Key"])["Body"].read()
+        assert body == (local / "thumbnails" / name).read_bytes(), name
     for leak in LEAKS:  # canary: no credential or signed URL in any log line or artifact
         assert leak not in logs, leak
         for data in got.values():
@@ -440,3 +444,57 @@ def test_an_image_is_fetched_once_for_all_its_objects(
         assert isinstance(item, CorruptImage)
         assert item.reason == "object vanished during the run (HTTP 404)"
     assert sum(isinstance(b, CorruptImage) for _, b in got) == 3
+
+
+def test_thumbnails_fetch_each_file_once(
+    moto_server: Server,
+    videos_root: Path,
+    objects_root: Path,
+    aws_env: None,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from sift_worker.run import _thumbnails
+    from sift_worker.sources.samples import SampleRef
+
+    client = canary_s3_client(moto_server.endpoint)
+    bucket = f"th-{uuid.uuid4().hex[:8]}"
+    client.create_bucket(Bucket=bucket)
+    upload_tree(client, bucket, videos_root, "d/")
+    upload_tree(client, bucket, objects_root, "d/")
+    picks = list(
+        enumerate(
+            [
+                SampleRef.video_frame("clip0.mp4", 3),
+                SampleRef.object("cam0/img0.jpg", 0, (2, 3, 30, 25)),
+                SampleRef.video_frame("clip1.mp4", 0),
+                SampleRef.video_frame("clip0.mp4", 9),
+                SampleRef.object("cam0/img0.jpg", 1, (40, 20, 30, 30)),
+                SampleRef.video_frame("clip0.mp4", 99),  # past the end: no thumbnail
+                SampleRef.image("cam1/img1.jpg"),
+            ],
+            1,
+        )
+    )
+    root = tmp_path / "both"
+    root.mkdir()
+    for src in (videos_root, objects_root):
+        for path in src.rglob("*"):
+            if path.is_file():
+                (root / path.relative_to(src)).parent.mkdir(parents=True, exist_ok=True)
+                (root / path.relative_to(src)).write_bytes(path.read_bytes())
+    local = _thumbnails(root, picks, 2)
+    signer = RunSigner(S3Storage(bucket, "d/", endpoint=moto_server.endpoint))
+    with Fetcher(signer.allowed_hosts()) as fetch:
+        remote = RemoteInput(signer, fetch, tmp_path / "staging")
+        fetched: list[str] = []
+        copy, read = remote.temp_copy, remote.read_bytes
+        monkeypatch.setattr(remote, "temp_copy", lambda n: fetched.append(n) or copy(n))
+        monkeypatch.setattr(remote, "read_bytes", lambda n: fetched.append(n) or read(n))
+        got = _thumbnails(remote, picks, 2)
+        assert list((remote.staging / "media").iterdir()) == []
+    assert sorted(fetched) == ["cam0/img0.jpg", "cam1/img1.jpg", "clip0.mp4", "clip1.mp4"]
+    assert [(t.rank, t.filename, t.jpeg) for t in got] == [
+        (t.rank, t.filename, t.jpeg) for t in local
+    ]
+    assert [t.rank for t in got] == [1, 2, 3, 4, 5, 7]

@@ -287,37 +287,58 @@ def _file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _thumbnail(input_dir: Path | RemoteInput, ref: SampleRef) -> bytes:
-    if not isinstance(input_dir, Path):
-        if ref.frame is not None:
-            copy = input_dir.temp_copy(ref.file)
-            try:
-                return frame_thumbnail(copy, ref.frame)
-            finally:
-                copy.unlink(missing_ok=True)
-        data = input_dir.read_bytes(ref.file)
-        return crop_thumbnail(data, ref.box) if ref.box is not None else make_thumbnail(data)
-    path = input_dir / ref.file
+def _thumbnail(source: Path | bytes, ref: SampleRef) -> bytes:
+    """The thumbnail of ``ref`` from its file (a path) or, for an image, its bytes."""
     if ref.box is not None:
-        return crop_thumbnail(path, ref.box)
+        return crop_thumbnail(source, ref.box)
     if ref.frame is not None:
-        return frame_thumbnail(path, ref.frame)
-    return make_thumbnail(path)
+        assert isinstance(source, Path)
+        return frame_thumbnail(source, ref.frame)
+    return make_thumbnail(source)
 
 
 def _thumbnails(
     input_dir: Path | RemoteInput, picks: Sequence[tuple[int, SampleRef]], workers: int
 ) -> list[Thumbnail]:
-    def one(item: tuple[int, SampleRef]) -> Thumbnail | None:
-        rank, ref = item
+    """Thumbnails of ``picks`` in their order. From object storage the picks of one file
+    share one fetch (a video's temporary copy, an image's bytes), not one per pick."""
+    groups: dict[str, list[int]] = {}
+    for i, (_, ref) in enumerate(picks):
+        groups.setdefault(ref.file if not isinstance(input_dir, Path) else ref.id, []).append(i)
+    out: list[Thumbnail | None] = [None] * len(picks)
+
+    def warn(ref: SampleRef, exc: Exception) -> None:
+        log.warning("no thumbnail for %s: %s", ref.id, getattr(exc, "reason", exc))
+
+    def group(indices: list[int]) -> None:
+        file = picks[indices[0]][1].file
+        copy: Path | None = None
         try:
-            return Thumbnail(filename=ref.id, rank=rank, jpeg=_thumbnail(input_dir, ref))
+            source: Path | bytes
+            if isinstance(input_dir, Path):
+                source = input_dir / file
+            elif any(picks[i][1].frame is not None for i in indices):
+                source = copy = input_dir.temp_copy(file)
+            else:
+                source = input_dir.read_bytes(file)
         except (CorruptImage, OSError) as exc:
-            log.warning("no thumbnail for %s: %s", ref.id, getattr(exc, "reason", exc))
-            return None
+            for i in indices:
+                warn(picks[i][1], exc)
+            return
+        try:
+            for i in indices:
+                rank, ref = picks[i]
+                try:
+                    out[i] = Thumbnail(filename=ref.id, rank=rank, jpeg=_thumbnail(source, ref))
+                except (CorruptImage, OSError) as exc:
+                    warn(ref, exc)
+        finally:
+            if copy is not None:
+                copy.unlink(missing_ok=True)
 
     with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="thumb") as pool:
-        return [t for t in pool.map(one, picks) if t is not None]
+        list(pool.map(group, groups.values()))
+    return [t for t in out if t is not None]
 
 
 def _versions() -> dict[str, str]:

@@ -498,3 +498,43 @@ def test_thumbnails_fetch_each_file_once(
         (t.rank, t.filename, t.jpeg) for t in local
     ]
     assert [t.rank for t in got] == [1, 2, 3, 4, 5, 7]
+
+
+@pytest.mark.parametrize("scratch_copies", [0, 1])
+def test_videos_on_disk_are_bounded_by_the_scratch_budget(
+    scratch_copies: int,
+    moto_server: Server,
+    videos_root: Path,
+    aws_env: None,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """At most max_copies + 1 (the head's) copies exist; 0 still progresses, in order."""
+    from sift_worker.sources.samples import iter_decoded_samples
+
+    client = canary_s3_client(moto_server.endpoint)
+    bucket = f"sc-{uuid.uuid4().hex[:8]}"
+    client.create_bucket(Bucket=bucket)
+    names = upload_tree(client, bucket, videos_root, "v/") * 2  # each clip twice
+    cap = 1 << 20
+    signer = RunSigner(S3Storage(bucket, "v/", endpoint=moto_server.endpoint))
+    kw: dict[str, Any] = {"workers": 4, "window": 4, "every_n": 3}
+    local = list(iter_decoded_samples(videos_root, names, 32, **kw))
+    with Fetcher(signer.allowed_hosts()) as fetch:
+        remote = RemoteInput(
+            signer, fetch, tmp_path / "s", max_download=cap, scratch=(scratch_copies + 1) * cap
+        )
+        assert remote.max_copies == scratch_copies
+        alive: list[int] = []
+        copy = remote.temp_copy
+
+        def counted(name: str) -> Path:
+            path = copy(name)
+            alive.append(len(list(path.parent.iterdir())))
+            return path
+
+        monkeypatch.setattr(remote, "temp_copy", counted)
+        got = list(iter_decoded_samples(remote, names, 32, **kw))
+    assert len(alive) == len(names)
+    assert max(alive) <= scratch_copies + 1
+    assert [r.id for r, _ in got] == [r.id for r, _ in local]

@@ -29,7 +29,7 @@ import mimetypes
 import os
 import tempfile
 import uuid
-from collections.abc import Callable, Container, Iterable, Iterator
+from collections.abc import Callable, Container, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -63,23 +63,36 @@ RESIGN_MARGIN = timedelta(seconds=90)  # a download's URL is re-signed this long
 MAX_DOWNLOAD_BYTES = 4 * 1024**3
 """Largest object copied to the staging folder (a video, a metadata table);
 ``SIFT_MAX_DOWNLOAD_BYTES`` overrides it."""
+SCRATCH_BYTES = 16 * 1024**3
+"""Disk the videos being decoded may use at most (``SIFT_SCRATCH_BYTES``): with the
+download cap it sets how many copies exist at once (the Job's /tmp is 20 GiB)."""
 
 
 class TooLargeError(FetchError):
     """An object over the download cap; the first ``max_bytes + 1`` bytes are on disk."""
 
 
-def max_download_bytes(env: dict[str, str] | None = None) -> int:
-    raw = (os.environ if env is None else env).get("SIFT_MAX_DOWNLOAD_BYTES", "")
+def _env_bytes(name: str, default: int, env: Mapping[str, str] | None) -> int:
+    raw = (os.environ if env is None else env).get(name, "")
     if not raw:
-        return MAX_DOWNLOAD_BYTES
+        return default
     try:
         value = int(raw)
     except ValueError:
         value = 0
     if value < 1:
-        raise ValueError(f"SIFT_MAX_DOWNLOAD_BYTES: not a positive whole number: {raw[:20]!r}")
+        raise ValueError(f"{name}: not a positive whole number of bytes: {raw[:20]!r}")
     return value
+
+
+def max_download_bytes(env: Mapping[str, str] | None = None) -> int:
+    """``SIFT_MAX_DOWNLOAD_BYTES``; ValueError for a bad value."""
+    return _env_bytes("SIFT_MAX_DOWNLOAD_BYTES", MAX_DOWNLOAD_BYTES, env)
+
+
+def scratch_bytes(env: Mapping[str, str] | None = None) -> int:
+    """``SIFT_SCRATCH_BYTES``; ValueError for a bad value."""
+    return _env_bytes("SIFT_SCRATCH_BYTES", SCRATCH_BYTES, env)
 
 
 class RemoteInput:
@@ -91,6 +104,7 @@ class RemoteInput:
         fetcher: Fetcher,
         staging: Path | None = None,
         max_download: int = MAX_DOWNLOAD_BYTES,
+        scratch: int = SCRATCH_BYTES,
     ) -> None:
         self.signer = signer
         self.fetcher = fetcher
@@ -101,6 +115,8 @@ class RemoteInput:
             staging = Path(self._own_staging.name)
         self.staging = staging  # private: side files, and videos while they are decoded
         self.max_download = max_download
+        # videos on disk at once: `max_copies` + the one being consumed fit in `scratch`
+        self.max_copies = max(0, scratch // max_download - 1)
         self.listing_digest = ""  # SHA-256 of the accepted keys and sizes (checkpoint guard)
 
     def uri(self, key: str = "") -> str:
@@ -358,8 +374,8 @@ def open_data_plane(
         with contextlib.ExitStack() as stack:
             if not _is_volume(ds.input):
                 in_staging = stack.enter_context(tempfile.TemporaryDirectory(prefix="sift-in-"))
-                cap = max_download_bytes(env_map)
-                source = RemoteInput(signer, fetcher, Path(in_staging), cap)
+                cap, scratch = max_download_bytes(env_map), scratch_bytes(env_map)
+                source = RemoteInput(signer, fetcher, Path(in_staging), cap, scratch)
             if out_store is None:
                 assert ds.output.volume is not None
                 yield DataPlane(source, Path(ds.output.volume.path), None, fetcher)

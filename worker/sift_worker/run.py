@@ -36,7 +36,13 @@ from sift_worker.checkpoint import (
     listing_digest,
 )
 from sift_worker.config import ConfigError
-from sift_worker.dataplane import DataPlane, RemoteInput, max_download_bytes, open_data_plane
+from sift_worker.dataplane import (
+    DataPlane,
+    RemoteInput,
+    max_download_bytes,
+    open_data_plane,
+    scratch_bytes,
+)
 from sift_worker.datapool import PoolError, save_pool
 from sift_worker.embed import Embedded, embed_samples
 from sift_worker.embeddings_file import EmbeddingsFileError, load_embeddings_file
@@ -399,6 +405,7 @@ def run_selection(
     _check_local_files(run, settings.source)
     try:
         max_download_bytes()
+        scratch_bytes()
     except ValueError as exc:
         raise ConfigError(settings.source, [str(exc)]) from None
     with open_data_plane(run, lambda: preflight(run, settings.source)) as plane:

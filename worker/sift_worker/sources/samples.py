@@ -63,6 +63,10 @@ class ObjectReader(Protocol):
     large) and any other exception to fail the run.
     """
 
+    max_copies: int
+    """Temporary copies that jobs may hold at once (the job being consumed may always
+    make one more, so the stream never waits on a later job's disk space)."""
+
     def read_bytes(self, name: str) -> bytes: ...
 
     def temp_copy(self, name: str) -> Path: ...
@@ -187,8 +191,9 @@ class _Slots:
     """At most ``window`` samples exist; the earliest waiting job is served first, and the
     jobs behind the head hold at most ``window - 1`` so the head can always get one."""
 
-    def __init__(self, window: int) -> None:
+    def __init__(self, window: int, copies: int = 0) -> None:
         self._cond = threading.Condition()
+        self._copies_free = copies
         self._free = window
         self._behind_cap = window - 1
         self._behind = 0  # slots held by jobs after the head
@@ -227,6 +232,23 @@ class _Slots:
                 self._behind -= 1
             self._cond.notify_all()
 
+    def acquire_copy(self, job: int) -> None:
+        """A temporary copy's turn: one of ``copies``, or any time for the head job.
+
+        A job asks before it holds any slot and the head never waits, so this cannot
+        deadlock with the slots (jobs run in order: the head is always running)."""
+        with self._cond:
+            while not self._cancelled and self._copies_free <= 0 and job != self._head:
+                self._cond.wait()
+            if self._cancelled:
+                raise _Cancelled
+            self._copies_free -= 1
+
+    def release_copy(self) -> None:
+        with self._cond:
+            self._copies_free += 1
+            self._cond.notify_all()
+
     def set_head(self, job: int) -> None:
         with self._cond:
             self._held.pop(self._head, None)
@@ -257,6 +279,14 @@ class Producer:
 
     def put(self, ref: SampleRef, item: Decoded) -> None:
         self._out.put((ref, item))
+
+    def acquire_copy(self) -> None:
+        """Wait for room for a temporary copy (object storage); give it back with
+        :meth:`release_copy` once the copy is deleted."""
+        self._slots.acquire_copy(self._job)
+
+    def release_copy(self) -> None:
+        self._slots.release_copy()
 
 
 Work = Callable[[Producer], None]
@@ -305,13 +335,14 @@ def iter_decoded_samples(
     if window < 1:
         raise ValueError(f"window must be positive, got {window}")
     works = _plan(root, refs_or_files, size, every_n, max_frames, max_pixels)
-    return _stream(works, workers=max(1, workers), window=window)
+    copies = 0 if isinstance(root, Path) else root.max_copies
+    return _stream(works, workers=max(1, workers), window=window, copies=copies)
 
 
 def _stream(
-    works: Iterator[Work], *, workers: int, window: int
+    works: Iterator[Work], *, workers: int, window: int, copies: int = 0
 ) -> Iterator[tuple[SampleRef, Decoded]]:
-    slots = _Slots(window)
+    slots = _Slots(window, copies)
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode")
     jobs: deque[tuple[int, SimpleQueue[_Msg]]] = deque()
     next_index = 0

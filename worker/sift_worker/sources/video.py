@@ -148,18 +148,22 @@ def _local_file(
     if isinstance(root, Path):
         yield root / file
         return
+    p.acquire_copy()  # bounded disk: at most max_copies videos (+ the head's) at once
     try:
-        path = root.temp_copy(file)
-    except CorruptImage as exc:
-        for ref in refs:
-            p.acquire()
-            p.put(ref, exc)
-        yield None
-        return
-    try:
-        yield path
+        try:
+            path = root.temp_copy(file)
+        except CorruptImage as exc:
+            for ref in refs:
+                p.acquire()
+                p.put(ref, exc)
+            yield None
+            return
+        try:
+            yield path
+        finally:
+            path.unlink(missing_ok=True)
     finally:
-        path.unlink(missing_ok=True)
+        p.release_copy()
 
 
 def _drive(items: Generator[tuple[SampleRef, Decoded]], p: Producer) -> None:

@@ -209,6 +209,8 @@ class RemoteInput:
         names that cannot be object keys (the caller reports them as input problems).
         """
         refused: builtins.list[tuple[str, str]] = []
+        found: builtins.list[int] = []  # appended from the pool's threads (atomic)
+        asked = 0
 
         def one(item: tuple[str, SignedURL]) -> None:
             name, signed = item
@@ -227,6 +229,7 @@ class RemoteInput:
                 part.unlink(missing_ok=True)
                 raise
             part.replace(dest)  # whole or absent; two samples may share a side file
+            found.append(1)
 
         with ThreadPoolExecutor(max_workers=FETCH_CONCURRENCY, thread_name_prefix="side") as pool:
             it = iter(names)
@@ -238,8 +241,10 @@ class RemoteInput:
                     except OutsidePrefixError as exc:
                         refused.append((name, f"not a usable object key: {exc.reason}"))
                 if keys:
+                    asked += len(keys)
                     signed = self.signer.sign_inputs(keys)
                     list(pool.map(one, zip(keys, signed, strict=True)))
+        log.info("copied %d of %d side files asked for from %s", len(found), asked, self.uri())
         return refused
 
     def temp_copy(self, name: str) -> Path:

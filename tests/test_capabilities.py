@@ -37,9 +37,9 @@ CASES = [
     (
         "input",
         {
+            "type": "videos",
             "embeddings": {"model": "tiny"},
             "metadata": {},
-            "_input_s3": True,
             "_report_share": {"metadata": ["w"]},
         },
         "spec.report.share",
@@ -121,6 +121,15 @@ SUPPORTED = [
     # object storage: every input type and the side files (copied to a staging folder)
     ("input", {"type": "videos", "embeddings": {"model": "tiny"}, "_input_s3": True}),
     ("input", {"embeddings": {"model": "tiny"}, "metadata": {}, "_input_s3": True}),
+    (  # the report reads a bucket input's side files from their staged copies
+        "input",
+        {
+            "embeddings": {"model": "tiny"},
+            "metadata": {},
+            "_input_s3": True,
+            "_report_share": {"metadata": ["w"]},
+        },
+    ),
     (
         "input",
         {

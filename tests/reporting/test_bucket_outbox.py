@@ -207,3 +207,47 @@ def test_partly_sent_report_resumes_from_the_acks_in_the_bucket(
     assert main(["report", str(path)]) == EXIT_OK
     chunks = json.loads(_report_objects(client, outb)["outbox.json"])["chunks"]
     _assert_every_chunk_once(receiver, chunks)  # chunk 0 was not sent again
+
+
+@pytest.mark.parametrize("output", ["volume", "s3"])
+def test_metadata_of_a_bucket_input_is_shared_from_its_staged_side_files(
+    moto: Server,
+    demo: DemoDataset,
+    env: None,
+    tmp_path: Path,
+    receiver: ReceiverThread,
+    capfd: pytest.CaptureFixture[str],
+    output: str,
+) -> None:
+    """``share.metadata`` with an S3 input: the side files the run staged are read for
+    the report (allowlisted keys only), whether the output is a volume or a bucket."""
+    client, inb, outb = _buckets(moto, demo)
+    names = sorted(
+        p.relative_to(demo.root).as_posix() for p in demo.root.rglob("*.jpg") if p.is_file()
+    )
+    weather = {name: ["sunny", "rain"][i % 2] for i, name in enumerate(names)}
+    for name, value in weather.items():
+        key = "cams/.sift/metadata/" + name.rsplit(".", 1)[0] + ".json"
+        body = json.dumps({"weather": value, "owner": CANARY_SECRET})  # owner: not shared
+        client.put_object(Bucket=inb, Key=key, Body=body.encode())
+    path = _manifest(tmp_path, moto, inb, outb, receiver.url)
+    doc = yaml.safe_load(path.read_text())
+    doc["spec"]["input"]["metadata"] = {}
+    doc["spec"]["report"]["share"] = {"filenames": "plain", "metadata": ["weather"]}
+    if output == "volume":
+        doc["spec"]["datasource"]["output"] = {"volume": {"path": str(tmp_path / "out")}}
+    path.write_text(yaml.safe_dump(doc))
+    assert main(["run", str(path), *RUN_ARGS]) == EXIT_OK
+    out, err = capfd.readouterr()
+    assert "reporting: done" in out, err[-2000:]
+    shared: dict[str, Any] = {}
+    for index in receiver.store.chunk_indices(UID):
+        chunk = receiver.store.chunk(UID, index)
+        assert chunk is not None
+        for sample in chunk.samples:
+            if sample.filename is not None and sample.metadata:
+                shared[sample.filename] = sample.metadata
+    readable = {n: {"weather": w} for n, w in weather.items() if n in shared}
+    assert shared == readable
+    assert len(shared) >= len(names) - 1  # every sample but the corrupt one
+    _assert_no_leak(receiver, out, err)

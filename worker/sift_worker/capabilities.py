@@ -52,17 +52,16 @@ def _remote(run: SelectionRun) -> list[str]:
 
 
 def _report(run: SelectionRun) -> list[str]:
-    """Side files (metadata, predictions) are read from a folder; the outbox lives anywhere."""
+    """Side files (metadata, predictions) come from the input folder, or from the staged
+    copies of a bucket's; the outbox lives anywhere."""
     spec = run.spec
     assert spec.report is not None
     problems = []
     share = spec.report.share
-    if (share.metadata or share.predictions) and (
-        spec.datasource.input.volume is None or spec.input.type != "images"
-    ):
+    if (share.metadata or share.predictions) and spec.input.type != "images":
         problems.append(
-            "spec.report.share: metadata and predictions can be shared for images read from "
-            "a volume only, so far"
+            f"spec.report.share: metadata and predictions can be shared for images only, "
+            f"not {spec.input.type}, so far"
         )
     if share.metadata and spec.input.metadata is None:
         problems.append("spec.report.share.metadata: needs spec.input.metadata (where to read it)")

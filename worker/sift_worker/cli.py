@@ -128,23 +128,35 @@ def _execute(args: argparse.Namespace) -> int:
             if each is not None:
                 each(stage, done, total)
 
-    def report_from_bucket(plane: DataPlane) -> None:
-        _report_after_run(run, plane.output_dir, source, new_run=True, plane=plane)
+    def report_in_plane(plane: DataPlane) -> None:
+        """Object storage: report while the staging folders still exist (a bucket
+        output's outbox is uploaded after; a bucket input's side files are staged)."""
+        from sift_worker.dataplane import RemoteInput
+
+        side = plane.input.side_dir if isinstance(plane.input, RemoteInput) else plane.input
+        if plane.upload is None:  # a volume output: as below, but with the staged side files
+            new_run = not (beats is not None and beats.began_local_run)
+            _report_after_run(run, plane.output_dir, source, new_run=new_run, input_dir=side)
+        else:
+            _report_after_run(
+                run, plane.output_dir, source, new_run=True, plane=plane, input_dir=side
+            )
 
     try:
         summary = run_selection(
             run,
             RunSettings(threads=args.threads, decode_workers=args.decode_workers, source=source),
             Progress(bars=bars, listener=listener if beats or to_broker else None),
-            after_upload=report_from_bucket if run.spec.report is not None else None,
+            after_upload=report_in_plane if run.spec.report is not None else None,
         )
     finally:
         if beats is not None:
             beats.close()
         if to_broker is not None:
             to_broker.close()
-    if run.spec.report is not None and output is not None:
-        # a local run's heartbeats already made its new uid; else the report makes it
+    if run.spec.report is not None and output is not None and _volume(run, "input") is not None:
+        # all on volumes (else reported in the data plane, above); a local run's
+        # heartbeats already made its new uid, else the report makes it
         new_run = not (beats is not None and beats.began_local_run)
         _report_after_run(run, summary.output, source, new_run=new_run)
     log.info(
@@ -172,11 +184,13 @@ def _report_after_run(
     *,
     new_run: bool,
     plane: DataPlane | None = None,
+    input_dir: Path | None = None,
 ) -> None:
     """Report a finished run; its results are safe either way, so the exit status stays 0.
 
     ``plane``: a bucket output; ``output`` is its staging folder, whose ``report/`` is
-    uploaded afterwards (docs/reporting.md).
+    uploaded afterwards (docs/reporting.md). ``input_dir``: where side files are read
+    (default: the input volume; a bucket input's staged copies).
     """
     from sift_worker.fetch import FetchError
     from sift_worker.reporting import SendResult, report_run, write_termination_message
@@ -189,7 +203,8 @@ def _report_after_run(
         if plane is not None:
             download_salt(run, plane)
         try:
-            result = report_run(run, output, _volume(run, "input"), new_run=new_run)
+            side = input_dir if input_dir is not None else _volume(run, "input")
+            result = report_run(run, output, side, new_run=new_run)
         finally:
             if plane is not None and (output / "report").is_dir():
                 upload_outbox(plane)

@@ -396,8 +396,10 @@ def run_selection(
 ) -> RunSummary:
     """Run one SelectionRun: a folder, or object storage through signed URLs.
 
-    ``after_upload``: called with a bucket output's data plane once the artifacts are
-    uploaded, while its staging folder and signer still exist (reporting).
+    ``after_upload``: called with the data plane once the artifacts are in place (a
+    bucket output's uploaded), while its staging folders and signer still exist, for
+    runs on object storage (reporting: the outbox, the staged side files of a bucket
+    input).
     """
     problems = unsupported_features(run)
     if problems:
@@ -413,8 +415,10 @@ def run_selection(
         if plane.upload is not None:
             with progress.stage("upload", None):
                 plane.upload.upload_dir(plane.output_dir)
-            if after_upload is not None:
-                after_upload(plane)
+        if after_upload is not None and (
+            plane.upload is not None or isinstance(plane.input, RemoteInput)
+        ):
+            after_upload(plane)
         summary.location = plane.output_label
         return summary
 

@@ -46,6 +46,14 @@ def videos_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_videos_dataset(tmp_path_factory.mktemp("videos"))
 
 
+def _new_bucket(server: Server, tag: str) -> tuple[Any, str]:
+    """A fresh bucket (a unique name per test) and a client for it."""
+    client = canary_s3_client(server.endpoint)
+    bucket = f"{tag}-{uuid.uuid4().hex[:8]}"
+    client.create_bucket(Bucket=bucket)
+    return client, bucket
+
+
 def _compare_s3_with_volume(
     moto: Server,
     root: Path,
@@ -121,9 +129,7 @@ def test_predictions_without_schema_read_no_sidecar(
     from sift_worker.api.v1alpha1 import InputSpec
     from sift_worker.inputs.staging import stage_side_files
 
-    client = canary_s3_client(moto_server.endpoint)
-    bucket = f"side-{uuid.uuid4().hex[:8]}"
-    client.create_bucket(Bucket=bucket)
+    client, bucket = _new_bucket(moto_server, "side")
     client.put_object(Bucket=bucket, Key="in/.sift/predictions/a.json", Body=b"{}")
     client.put_object(Bucket=bucket, Key="in/m/metadata.jsonl", Body=b'{"filename": "a.jpg"}\n')
     client.put_object(Bucket=bucket, Key="in/m/a.json", Body=b"{}")
@@ -192,9 +198,7 @@ def test_download_is_ranged_bounded_and_names_the_object(
     moto_server: Server, aws_env: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(dataplane, "DOWNLOAD_CHUNK", 1000)
-    client = canary_s3_client(moto_server.endpoint)
-    bucket = f"dl-{uuid.uuid4().hex[:8]}"
-    client.create_bucket(Bucket=bucket)
+    client, bucket = _new_bucket(moto_server, "dl")
     bodies = {"odd.bin": bytes(range(256)) * 11, "even.bin": b"e" * 3000, "empty.bin": b""}
     for key, body in bodies.items():
         client.put_object(Bucket=bucket, Key=f"in/{key}", Body=body)
@@ -228,9 +232,7 @@ def test_remote_frames_equal_the_volume_frames_and_copies_are_deleted(
 ) -> None:
     from sift_worker.sources.samples import SampleRef, iter_decoded_samples
 
-    client = canary_s3_client(moto_server.endpoint)
-    bucket = f"fr-{uuid.uuid4().hex[:8]}"
-    client.create_bucket(Bucket=bucket)
+    client, bucket = _new_bucket(moto_server, "fr")
     upload_tree(client, bucket, videos_root, "v/")
     items: list[str | SampleRef] = [
         "clip0.mp4",
@@ -346,9 +348,7 @@ def test_side_file_keys_that_cannot_be_object_keys_and_oversized_tables(
     from sift_worker.api.v1alpha1 import InputSpec
     from sift_worker.inputs.staging import stage_side_files
 
-    client = canary_s3_client(moto_server.endpoint)
-    bucket = f"keys-{uuid.uuid4().hex[:8]}"
-    client.create_bucket(Bucket=bucket)
+    client, bucket = _new_bucket(moto_server, "keys")
     client.put_object(Bucket=bucket, Key="in/t/metadata.jsonl", Body=b"x" * 5000)
 
     def spec(prefix: str) -> InputSpec:
@@ -377,9 +377,7 @@ def test_a_download_signs_once_unless_its_url_nears_expiry(
     from datetime import timedelta
 
     monkeypatch.setattr(dataplane, "DOWNLOAD_CHUNK", 1000)
-    client = canary_s3_client(moto_server.endpoint)
-    bucket = f"sig-{uuid.uuid4().hex[:8]}"
-    client.create_bucket(Bucket=bucket)
+    client, bucket = _new_bucket(moto_server, "sig")
     client.put_object(Bucket=bucket, Key="in/v.mp4", Body=b"v" * 4500)  # five chunks
     for lifetime, signings in ((None, 1), (timedelta(seconds=30), 5)):
         signer = RunSigner(
@@ -408,9 +406,7 @@ def test_an_image_is_fetched_once_for_all_its_objects(
     from sift_worker.sources.objects import object_refs
     from sift_worker.sources.samples import SampleRef, iter_decoded_samples
 
-    client = canary_s3_client(moto_server.endpoint)
-    bucket = f"crop-{uuid.uuid4().hex[:8]}"
-    client.create_bucket(Bucket=bucket)
+    client, bucket = _new_bucket(moto_server, "crop")
     upload_tree(client, bucket, objects_root, "d/")
     boxes = [(2, 3, 30, 25), (40, 20, 30, 30), (70, 50, 30, 30), (500, 500, 9, 9)]
     refs: list[str | SampleRef] = [
@@ -457,9 +453,7 @@ def test_thumbnails_fetch_each_file_once(
     from sift_worker.run import _thumbnails
     from sift_worker.sources.samples import SampleRef
 
-    client = canary_s3_client(moto_server.endpoint)
-    bucket = f"th-{uuid.uuid4().hex[:8]}"
-    client.create_bucket(Bucket=bucket)
+    client, bucket = _new_bucket(moto_server, "th")
     upload_tree(client, bucket, videos_root, "d/")
     upload_tree(client, bucket, objects_root, "d/")
     picks = list(
@@ -512,9 +506,7 @@ def test_videos_on_disk_are_bounded_by_the_scratch_budget(
     """At most max_copies + 1 (the head's) copies exist; 0 still progresses, in order."""
     from sift_worker.sources.samples import iter_decoded_samples
 
-    client = canary_s3_client(moto_server.endpoint)
-    bucket = f"sc-{uuid.uuid4().hex[:8]}"
-    client.create_bucket(Bucket=bucket)
+    client, bucket = _new_bucket(moto_server, "sc")
     names = upload_tree(client, bucket, videos_root, "v/") * 2  # each clip twice
     cap = 1 << 20
     signer = RunSigner(S3Storage(bucket, "v/", endpoint=moto_server.endpoint))

@@ -30,7 +30,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as sift-worker does, befo
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -41,10 +40,10 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_storage import make_jpegs
+from bench_storage import KEY_ID, SECRET, make_jpegs, moto_child
 
 BUCKET_IN, BUCKET_OUT = "media-in", "media-out"
-KEY_ID, SECRET = "AKIABENCH", "bench-secret"
+
 BIG_OBJECT = "big.bin"
 
 
@@ -185,23 +184,7 @@ def main() -> None:
         data = Path(tmp) / "data"
         make_videos(data / "videos", args.videos, args.frames)
         make_objects(data / "objects", args.objects)
-        child = subprocess.Popen(
-            [sys.executable, __file__, "--serve-moto", str(data), str(args.big_mb)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        try:
-            assert child.stdout is not None
-            line = child.stdout.readline().split()
-            assert line, "moto did not start"
-            assert line[0] == "ready", "moto did not start"
-            endpoint = f"http://127.0.0.1:{line[1]}"
-            os.environ.update(
-                AWS_ACCESS_KEY_ID=KEY_ID,
-                AWS_SECRET_ACCESS_KEY=SECRET,
-                AWS_DEFAULT_REGION="us-east-1",
-            )
+        with moto_child(__file__, str(data), str(args.big_mb)) as (_, endpoint):
             s3_out = {"s3": {"bucket": BUCKET_OUT, "endpoint": endpoint}}
             for kind in args.kinds.split(","):
                 vol_in = {"volume": {"path": str(data / kind)}}
@@ -219,10 +202,6 @@ def main() -> None:
                 )
             peak, size = download_peak(endpoint)
             print(f"download of {size / 2**20:.0f} MiB to a file: Python heap peak {peak:.1f} MiB")
-        finally:
-            assert child.stdin is not None
-            child.stdin.close()
-            child.wait(30)
 
 
 if __name__ == "__main__":

@@ -105,6 +105,32 @@ def serve_moto(images: Path, list_sizes: list[int]) -> None:
     server.stop()
 
 
+@contextlib.contextmanager
+def moto_child(script: str, *argv: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """``script --serve-moto ARGV`` in a child process (its own cores' worth of GIL);
+    yields it and its endpoint, with this process's AWS_* set to the bench keys, and
+    stops it (stdin closed) afterwards."""
+    child = subprocess.Popen(
+        [sys.executable, script, "--serve-moto", *argv],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout is not None
+        line = child.stdout.readline().split()
+        assert line, "moto did not start"
+        assert line[0] == "ready", "moto did not start"
+        os.environ.update(
+            AWS_ACCESS_KEY_ID=KEY_ID, AWS_SECRET_ACCESS_KEY=SECRET, AWS_DEFAULT_REGION="us-east-1"
+        )
+        yield child, f"http://127.0.0.1:{line[1]}"
+    finally:
+        if child.stdin:
+            child.stdin.close()
+        child.wait(timeout=30)
+
+
 # --- s3rver (optional) ----------------------------------------------------------------------
 
 S3RVER_VERSION = "3.7.1"
@@ -387,23 +413,7 @@ def main() -> None:
         make_jpegs(images, args.n)
         mb = sum(p.stat().st_size for p in images.iterdir()) / 2**20
         print(f"made {args.n} JPEGs (640x480, {mb:.0f} MB) in {time.perf_counter() - t0:.1f} s")
-        child = subprocess.Popen(
-            [sys.executable, __file__, "--serve-moto", str(images), args.list],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        try:
-            assert child.stdout is not None
-            line = child.stdout.readline().split()
-            assert line, "moto did not start"
-            assert line[0] == "ready", "moto did not start"
-            endpoint = f"http://127.0.0.1:{line[1]}"
-            os.environ.update(
-                AWS_ACCESS_KEY_ID=KEY_ID,
-                AWS_SECRET_ACCESS_KEY=SECRET,
-                AWS_DEFAULT_REGION="us-east-1",
-            )
+        with moto_child(__file__, str(images), args.list) as (child, endpoint):
             s3_in: dict[str, object] = {
                 "s3": {"bucket": BUCKET_IN, "prefix": "img/", "endpoint": endpoint}
             }
@@ -485,10 +495,6 @@ def main() -> None:
             for n in sizes:
                 peak, count, seconds = listing_peak(endpoint, n)
                 print(f"  {count:>7} objects  peak {peak:6.2f} MiB  ({seconds:.1f} s)")
-        finally:
-            if child.stdin:
-                child.stdin.close()
-            child.wait(timeout=30)
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_storage import KEY_ID, SECRET, make_jpegs, moto_child
+from bench_storage import make_jpegs, moto_child, serve_moto_child
 
 BUCKET_IN, BUCKET_OUT = "media-in", "media-out"
 
@@ -77,34 +77,14 @@ def make_objects(root: Path, m: int) -> None:
 
 
 def serve_moto(root: Path, big_mb: int) -> None:
-    """Child: moto on 127.0.0.1, seeded through its backend, until stdin closes."""
-    import logging
+    """The media under their folder names and one big object (download memory)."""
 
-    import boto3
-    from moto.core import DEFAULT_ACCOUNT_ID
-    from moto.s3.models import s3_backends
-    from moto.server import ThreadedMotoServer
+    def seed(backend: Any) -> None:
+        for path in sorted(p for p in root.rglob("*") if p.is_file()):
+            backend.put_object(BUCKET_IN, path.relative_to(root).as_posix(), path.read_bytes())
+        backend.put_object(BUCKET_IN, BIG_OBJECT, os.urandom(big_mb * 2**20))
 
-    logging.getLogger("werkzeug").disabled = True  # its access log prints signed URLs
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    client = boto3.client(
-        "s3",
-        endpoint_url=f"http://{host}:{port}",
-        region_name="us-east-1",
-        aws_access_key_id=KEY_ID,
-        aws_secret_access_key=SECRET,
-    )
-    for bucket in (BUCKET_IN, BUCKET_OUT):
-        client.create_bucket(Bucket=bucket)
-    backend = s3_backends[DEFAULT_ACCOUNT_ID]["global"]
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        backend.put_object(BUCKET_IN, path.relative_to(root).as_posix(), path.read_bytes())
-    backend.put_object(BUCKET_IN, BIG_OBJECT, os.urandom(big_mb * 2**20))
-    print(f"ready {port}", flush=True)
-    sys.stdin.read()
-    server.stop()
+    serve_moto_child((BUCKET_IN, BUCKET_OUT), seed)
 
 
 def run_once(

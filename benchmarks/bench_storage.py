@@ -36,8 +36,9 @@ import sys
 import tempfile
 import time
 import tracemalloc
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -72,8 +73,9 @@ def make_jpegs(root: Path, n: int, size: tuple[int, int] = (640, 480)) -> None:
 # --- the moto child process ---------------------------------------------------------------
 
 
-def serve_moto(images: Path, list_sizes: list[int]) -> None:
-    """Child: moto on 127.0.0.1, seeded through its backend (fast), until stdin closes."""
+def serve_moto_child(buckets: Sequence[str], seed: Callable[[Any], None]) -> None:
+    """Child side of :func:`moto_child`: moto on 127.0.0.1 with ``buckets``, filled by
+    ``seed(backend)`` (moto's S3 backend directly: fast), until stdin closes."""
     import logging
 
     import boto3
@@ -92,17 +94,25 @@ def serve_moto(images: Path, list_sizes: list[int]) -> None:
         aws_access_key_id=KEY_ID,
         aws_secret_access_key=SECRET,
     )
-    for bucket in (BUCKET_IN, BUCKET_OUT, BUCKET_LIST):
+    for bucket in buckets:
         client.create_bucket(Bucket=bucket)
-    backend = s3_backends[DEFAULT_ACCOUNT_ID]["global"]
-    for path in sorted(images.iterdir()):
-        backend.put_object(BUCKET_IN, f"img/{path.name}", path.read_bytes())
-    for n in list_sizes:
-        for i in range(n):
-            backend.put_object(BUCKET_LIST, f"l{n}/obj-{i:07d}.jpg", b"x")
+    seed(s3_backends[DEFAULT_ACCOUNT_ID]["global"])
     print(f"ready {port}", flush=True)
     sys.stdin.read()
     server.stop()
+
+
+def serve_moto(images: Path, list_sizes: list[int]) -> None:
+    """The images under ``img/`` and the listing buckets' keys."""
+
+    def seed(backend: Any) -> None:
+        for path in sorted(images.iterdir()):
+            backend.put_object(BUCKET_IN, f"img/{path.name}", path.read_bytes())
+        for n in list_sizes:
+            for i in range(n):
+                backend.put_object(BUCKET_LIST, f"l{n}/obj-{i:07d}.jpg", b"x")
+
+    serve_moto_child((BUCKET_IN, BUCKET_OUT, BUCKET_LIST), seed)
 
 
 @contextlib.contextmanager

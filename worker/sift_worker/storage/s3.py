@@ -48,8 +48,8 @@ _BAD_CREDENTIALS = {
     "InvalidClientTokenId",
     "AuthorizationHeaderMalformed",
 }
-LIST_URL_SECONDS = 300  # a list URL is used at once (retries included)
 _DENIED = {"AccessDeniedError", "AllAccessDisabled", "403", "Forbidden"}
+LIST_URL_SECONDS = 300  # a list URL is used at once (retries included)
 
 
 @dataclass(frozen=True, repr=False)

@@ -131,8 +131,7 @@ def test_demo_manifest_runs_to_success_with_real_selection_and_reports(
     assert len(rows) >= 12
     assert all(not r["filename"].startswith("broken/") for r in selected)
     assert (out / "report.html").exists()
-    reasons = cluster.reasons(ns, "demo")
-    assert {"JobCreated", "Started", "Succeeded"} <= set(reasons)
+    cluster.wait_reasons(ns, "demo", "JobCreated", "Started", "Succeeded")
 
 
 def test_worker_config_error_fails_the_run_fast(cluster: Cluster, node: Node, ns: str) -> None:
@@ -177,4 +176,4 @@ def test_a_pending_report_is_finished_by_the_report_job(
     assert chunks == list(range(len(chunks)))
     assert receiver.store.completed(uid)
     assert run["status"]["phase"] == "Succeeded"
-    assert {"ReportRetrying", "Reported"} <= set(cluster.reasons(ns, "later"))
+    cluster.wait_reasons(ns, "later", "ReportRetrying", "Reported")

@@ -94,9 +94,7 @@ def test_status_follows_the_job_to_success(cluster: Cluster, ns: str) -> None:
     assert _conditions(run)["Failed"] == "False"
     assert run["status"]["completionTime"]
     assert condition(run, "Accepted")["lastTransitionTime"] <= running_since
-    reasons = cluster.reasons(ns, "ok")
-    assert "Started" in reasons
-    assert "Succeeded" in reasons
+    cluster.wait_reasons(ns, "ok", "Started", "Succeeded")
     # one Event per transition: nothing repeated
     assert all(e["count"] == 1 for e in cluster.events(ns))
 
@@ -236,7 +234,7 @@ def test_missing_secret_is_reported_and_the_run_recovers(cluster: Cluster, ns: s
     assert "api" in condition(run, "Accepted")["message"]
     assert run["status"]["phase"] == "Pending"
     assert cluster.job(ns, "sec") is None
-    assert "SecretNotFound" in cluster.reasons(ns, "sec")
+    cluster.wait_reasons(ns, "sec", "SecretNotFound")
 
     secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "api", "namespace": ns}}
     cluster.kube.create({**secret, "data": {"other": "eA=="}})
@@ -378,6 +376,6 @@ def test_unschedulable_pod_is_reported_and_clears(cluster: Cluster, ns: str) -> 
     )
     run = cluster.wait_reason(ns, "sched", "Running", "Unschedulable")
     assert "Insufficient nvidia.com/gpu" in condition(run, "Running")["message"]
-    assert "Unschedulable" in cluster.reasons(ns, "sched")
+    cluster.wait_reasons(ns, "sched", "Unschedulable")
     cluster.ctl.run(job, pod)  # a GPU node joined
     cluster.wait_phase(ns, "sched", "Running")

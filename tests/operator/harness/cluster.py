@@ -126,6 +126,17 @@ class Cluster:
             if e.get("involvedObject", {}).get("name") == name
         ]
 
+    def wait_reasons(
+        self, namespace: str, name: str, *wanted: str, timeout: float = 15
+    ) -> list[str]:
+        """The run's Event reasons once all of ``wanted`` are among them: the operator
+        posts Events after the status write that shows the transition."""
+        return self.kube.wait_for(
+            lambda: (got := self.reasons(namespace, name)) and set(wanted) <= set(got) and got,
+            f"Events {sorted(wanted)} of {name}",
+            timeout,
+        )
+
 
 def free_port() -> int:
     with socket.socket() as sock:

@@ -117,8 +117,10 @@ def test_status_follows_the_job_to_failure(
     assert failed["status"] == "True"
     assert failed["reason"] == reason
     assert condition(run, "Succeeded")["status"] == "False"
-    warnings = [e for e in cluster.events(ns) if e["type"] == "Warning"]
-    assert reason in {e["reason"] for e in warnings}
+    cluster.kube.wait_for(  # Events are posted after the status write
+        lambda: reason in {e["reason"] for e in cluster.events(ns) if e["type"] == "Warning"},
+        f"a Warning Event {reason}",
+    )
 
 
 def test_finished_run_never_gets_a_new_job(cluster: Cluster, ns: str) -> None:

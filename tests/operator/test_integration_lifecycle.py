@@ -66,6 +66,7 @@ def test_job_and_children_have_the_hardened_shape(cluster: Cluster, ns: str) -> 
     assert condition(run, "Accepted")["reason"] == "SpecValid"
     assert condition(run, "EgressRestricted")["status"] == "True"
     # a new run's transitions are one Event (Accepted and EgressRestricted merged into it)
+    cluster.wait_reasons(ns, "shape", "JobCreated")  # posted after the status write
     (event,) = [e for e in cluster.events(ns) if e["involvedObject"]["name"] == "shape"]
     assert event["reason"] == "JobCreated"
     assert "Accepted: " in event["message"]
@@ -206,6 +207,10 @@ def test_spec_change_after_the_job_exists_is_reported_not_applied(
     assert after["metadata"]["resourceVersion"] == job["metadata"]["resourceVersion"]
     (container,) = after["spec"]["template"]["spec"]["containers"]
     assert container["resources"]["limits"]["cpu"] == "2"
+    cluster.kube.wait_for(
+        lambda: any(e["reason"] == "SpecChangeIgnored" for e in cluster.events(ns)),
+        "the SpecChangeIgnored Event",
+    )
     warnings = [e for e in cluster.events(ns) if e["reason"] == "SpecChangeIgnored"]
     assert len(warnings) == 1
     assert warnings[0]["type"] == "Warning"

@@ -2,13 +2,15 @@
 
 Every outgoing request of the worker's data plane goes through a :class:`Fetcher`:
 
-* **Egress guard.** The transport refuses any host that is not on the run's allowlist
-  (storage hosts from the signer/broker, the broker, the results API) before a
+* **Egress guard.** A request to a host that is not on the run's allowlist (storage
+  hosts from the signer/broker, the broker, the results API) is refused before a
   connection is opened: :class:`EgressRefusedError` names the host (never a path or
   query) and ``sift_worker_egress_refused_total`` counts refusals. Redirects are not
   followed, so a storage server cannot send the worker elsewhere.
-* **Pooling and bounded concurrency.** One ``httpx.Client`` with keep-alive, at most
-  ``concurrency`` requests in flight (a semaphore; threads beyond it wait).
+* **Pooling and bounded concurrency.** Keep-alive connections
+  (:mod:`sift_worker.connections`: ``http.client``, about a third of httpx's CPU
+  per object), at most ``concurrency`` requests in flight (a semaphore; threads beyond it
+  wait).
 * **Retries.** 5xx, 429, timeouts and connection errors are retried with exponential
   backoff and full jitter (tenacity), honouring ``Retry-After``, within an attempt and a
   time budget; then :class:`FetchError` names the object and the last problem.
@@ -19,8 +21,8 @@ Every outgoing request of the worker's data plane goes through a :class:`Fetcher
   the object's name, never the URL; the loggers of the HTTP stacks get the redacting
   filter of :mod:`sift_worker.logs`, so even their debug lines drop query strings.
 
-Bodies are read into memory as they stream (bounded by ``max_bytes``) and handed to
-the decoder as bytes: no temporary file per object.
+Bodies are read into memory (bounded by ``max_bytes``) and handed to the decoder as
+bytes: no temporary file per object.
 """
 
 from __future__ import annotations
@@ -31,8 +33,8 @@ import random
 import threading
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
+from urllib.parse import urlsplit
 
-import httpx
 from prometheus_client import CollectorRegistry, Counter
 from tenacity import (
     RetryCallState,
@@ -42,6 +44,7 @@ from tenacity import (
     stop_after_delay,
 )
 
+from sift_worker.connections import BodyTooLargeError, ConnectionPool, Reply, TransportError
 from sift_worker.logs import RedactingFilter, redact
 from sift_worker.metric_names import WORKER_COUNTERS, metric_name
 from sift_worker.storage.base import SignedURL
@@ -212,23 +215,6 @@ class RetryPolicy:
         return random.uniform(0, min(self.cap, self.base * 2 ** (state.attempt_number - 1)))
 
 
-class _GuardTransport(httpx.BaseTransport):
-    def __init__(self, inner: httpx.BaseTransport, allowed: Callable[[str, int | None], bool]):
-        self._inner = inner
-        self._allowed = allowed
-
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        host = request.url.host.lower()
-        if not self._allowed(host, request.url.port):
-            EGRESS_REFUSED.inc()
-            log.warning("egress refused: host %s is not on the allowlist", host)
-            raise EgressRefusedError(host)
-        return self._inner.handle_request(request)
-
-    def close(self) -> None:
-        self._inner.close()
-
-
 def retry_after_seconds(value: str | None) -> float | None:
     """Seconds a ``Retry-After`` header asks for (delta or HTTP date), None if absent/bad."""
     if not value:
@@ -266,7 +252,6 @@ class Fetcher:
         refresh: Refresh | None = None,
         refresh_margin: timedelta = timedelta(seconds=60),
         max_bytes: int = 1024**3,
-        transport: httpx.BaseTransport | None = None,
     ) -> None:
         install_redaction()
         self._allow = self._parse_allowlist(allowed_hosts)
@@ -275,16 +260,8 @@ class Fetcher:
         self.refresh_margin = refresh_margin
         self.max_bytes = max_bytes
         self._slots = threading.BoundedSemaphore(max(1, concurrency))
-        inner = transport or httpx.HTTPTransport(
-            limits=httpx.Limits(
-                max_connections=max(1, concurrency), max_keepalive_connections=max(1, concurrency)
-            ),
-            retries=0,
-        )
-        self._client = httpx.Client(
-            transport=_GuardTransport(inner, self._allowed),
-            timeout=httpx.Timeout(timeout, connect=connect_timeout),
-            follow_redirects=False,
+        self._pool = ConnectionPool(
+            timeout=timeout, connect_timeout=connect_timeout, max_idle=max(1, concurrency)
         )
 
     # --- allowlist ----------------------------------------------------------------------
@@ -321,7 +298,7 @@ class Fetcher:
         self._call(signed, name or signed.key, lambda url: self._put(url, data))
 
     def close(self) -> None:
-        self._client.close()
+        self._pool.close()
 
     def __enter__(self) -> Fetcher:
         return self
@@ -397,46 +374,43 @@ class Fetcher:
             raise FetchError(name, "re-signing returned a URL for another object or method")
         return fresh
 
-    def _get(self, url: SignedURL, signed: SignedURL, name: str | None) -> bytes:
-        label = name or signed.key
+    def _send(self, url: SignedURL, name: str, body: bytes | None = None) -> Reply:
+        """One guarded exchange: the host is checked before a connection is opened."""
+        parts = urlsplit(url.url)
+        host = (parts.hostname or "").lower()
+        if not self._allowed(host, parts.port):
+            EGRESS_REFUSED.inc()
+            log.warning("egress refused: host %s is not on the allowlist", host)
+            raise EgressRefusedError(host)
         try:
-            with self._client.stream("GET", url.url, headers=dict(url.headers)) as resp:
-                self._check(resp, label)
-                declared = resp.headers.get("content-length")
-                if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-                    raise FetchError(label, f"object too large: {declared} bytes")
-                body = bytearray()
-                for chunk in resp.iter_bytes():
-                    body += chunk
-                    if len(body) > self.max_bytes:
-                        raise FetchError(label, f"object too large: over {self.max_bytes} bytes")
-                return bytes(body)
-        except httpx.TimeoutException as exc:
-            raise _RetryableError(f"timed out ({type(exc).__name__})") from None
-        except httpx.TransportError as exc:
-            raise _RetryableError(f"connection error ({type(exc).__name__})") from None
+            reply = self._pool.request(
+                url.method, url.url, dict(url.headers), body, max_bytes=self.max_bytes
+            )
+        except BodyTooLargeError as exc:
+            raise FetchError(name, f"object too large: {exc.size}") from None
+        except TransportError as exc:
+            what = "timed out" if exc.timeout else "connection error"
+            raise _RetryableError(f"{what} ({exc.kind})") from None
+        self._check(reply, name)
+        return reply
+
+    def _get(self, url: SignedURL, signed: SignedURL, name: str | None) -> bytes:
+        return self._send(url, name or signed.key).body
 
     def _put(self, url: SignedURL, data: bytes) -> bytes:
-        try:
-            resp = self._client.put(url.url, content=data, headers=dict(url.headers))
-        except httpx.TimeoutException as exc:
-            raise _RetryableError(f"timed out ({type(exc).__name__})") from None
-        except httpx.TransportError as exc:
-            raise _RetryableError(f"connection error ({type(exc).__name__})") from None
-        self._check(resp, url.key)
+        self._send(url, url.key, data)
         return b""
 
-    def _check(self, resp: httpx.Response, name: str) -> None:
-        status = resp.status_code
+    def _check(self, reply: Reply, name: str) -> None:
+        status = reply.status
         if status < 300:
             return
         if status == 429 or status >= 500:
             raise _RetryableError(
-                f"HTTP {status}", retry_after_seconds(resp.headers.get("retry-after"))
+                f"HTTP {status}", retry_after_seconds(reply.headers.get("retry-after"))
             )
         if status in (400, 401, 403):
-            body = resp.read()[:2048]
-            if any(m in body for m in _EXPIRED_MARKERS):
+            if any(m in reply.body[:2048] for m in _EXPIRED_MARKERS):
                 raise _ExpiredError()
             raise FetchError(name, f"HTTP {status}: access refused", status)
         if status == 404:

@@ -1,18 +1,20 @@
-"""S3 and S3-compatible storage through boto3: SigV4 presigned GET/PUT URLs and POST policies.
+"""S3 and S3-compatible storage through botocore (boto3's engine): SigV4 presigned GET/PUT
+URLs and POST policies.
 
 Credentials are static keys (from a Secret, or given to a local run) or, when none are
-given, boto3's default chain: environment, shared config, the pod's web identity
+given, botocore's default chain: environment, shared config, the pod's web identity
 (IRSA), instance metadata. A URL signed with temporary credentials stops working when
 they expire, whatever its own lifetime.
 """
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import boto3
+import botocore.session
 from botocore.config import Config
 from botocore.exceptions import (
     BotoCoreError,
@@ -21,6 +23,7 @@ from botocore.exceptions import (
     NoCredentialsError,
     PartialCredentialsError,
 )
+from botocore.loaders import Loader
 
 from sift_worker.storage.base import (
     AccessDeniedError,
@@ -51,6 +54,29 @@ _BAD_CREDENTIALS = {
 _DENIED = {"AccessDeniedError", "AllAccessDisabled", "403", "Forbidden"}
 LIST_URL_SECONDS = 300  # a list URL is used at once (retries included)
 
+_loader: Loader | None = None
+_loader_lock = threading.Lock()
+
+
+def _session(credentials: S3Credentials | None) -> botocore.session.Session:
+    """A botocore session (boto3's engine) over one process-wide data loader.
+
+    Each new session otherwise parses botocore's endpoint and S3 service models again
+    (0.1-0.3 s), and a run opens two (its input and output), the broker one per run;
+    the loader caches what it has read, and sessions only read from it.
+    """
+    global _loader
+    with _loader_lock:
+        if _loader is None:
+            _loader = Loader()
+    session = botocore.session.Session()
+    session.register_component("data_loader", _loader)
+    if credentials is not None:
+        session.set_credentials(
+            credentials.access_key_id, credentials.secret_access_key, credentials.session_token
+        )
+    return session
+
 
 @dataclass(frozen=True, repr=False)
 class S3Credentials:
@@ -79,14 +105,7 @@ class S3Storage(Storage):
         lifetime: timedelta | None = None,
     ) -> None:
         super().__init__(bucket, prefix, writable=writable, lifetime=lifetime)
-        kwargs: dict[str, Any] = {}
-        if credentials is not None:
-            kwargs = {
-                "aws_access_key_id": credentials.access_key_id,
-                "aws_secret_access_key": credentials.secret_access_key,
-                "aws_session_token": credentials.session_token,
-            }
-        session = boto3.session.Session(region_name=region or None, **kwargs)
+        session = _session(credentials)
         self._session = session
         self._fast_get: FastGetSigner | None = None
         self._fast_get_tried = False
@@ -97,7 +116,7 @@ class S3Storage(Storage):
             connect_timeout=10,
             read_timeout=30,
         )
-        self._client = session.client(
+        self._client = session.create_client(
             "s3", endpoint_url=endpoint or None, config=config, region_name=region or None
         )
 

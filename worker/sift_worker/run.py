@@ -151,6 +151,12 @@ def _check_local_files(run: SelectionRun, source: str) -> None:
             )
 
 
+def _fetching_workers(settings: RunSettings, input_dir: Path | RemoteInput) -> int:
+    # a fetch waits on the network: more threads than cores keep the decoders busy
+    extra = 0 if isinstance(input_dir, Path) else REMOTE_EXTRA_WORKERS
+    return settings.decode_workers + extra
+
+
 def _relevant(run: SelectionRun, source_root: Path | RemoteInput, source: str) -> set[str] | None:
     rel = run.spec.datasource.relevant_filenames
     if rel is None:
@@ -233,9 +239,7 @@ def _embed(
             plan.samples,
             model,
             batch_size=emb.batch_size,
-            # a fetch waits on the network: more threads than cores keep decoders busy
-            decode_workers=settings.decode_workers
-            + (0 if isinstance(input_dir, Path) else REMOTE_EXTRA_WORKERS),
+            decode_workers=_fetching_workers(settings, input_dir),
             stage=stage,
             expected=total or 0,
             every_n=frames.every_n_frames if frames else 1,
@@ -487,7 +491,7 @@ def _run_selection(
             thumbs = []
             for start in range(0, len(picks), 256):
                 thumbs += _thumbnails(
-                    input_dir, picks[start : start + 256], settings.decode_workers
+                    input_dir, picks[start : start + 256], _fetching_workers(settings, input_dir)
                 )
                 bar.advance(len(picks[start : start + 256]))
         replace_dir(

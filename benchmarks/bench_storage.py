@@ -19,7 +19,7 @@ server's cost out of the worker's way, as a remote store would be:
   one torch thread) on CPU 0, so folder and S3 runs get the same compute.
 
     python benchmarks/bench_storage.py [--n 5000] [--list 10000,100000]
-    python benchmarks/bench_storage.py --n 1000 --server s3rver --pin --no-gcs
+    python benchmarks/bench_storage.py --server s3rver --pin --no-gcs --images ~/.cache/sift-bench
 """
 
 from __future__ import annotations
@@ -178,12 +178,16 @@ def s3rver_location(
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     endpoint = f"http://127.0.0.1:{port}"
+    # s3rver's continuation tokens use DES, which OpenSSL 3 moved to its legacy provider:
+    # without it every truncated listing (over 1,000 keys) is an HTTP 500
+    env = {**os.environ, "NODE_OPTIONS": "--openssl-legacy-provider"}
     server = subprocess.Popen(
         [
             str(s3rver_binary()),
             *("-d", str(tmp / "s3rver"), "-a", "127.0.0.1", "-p", str(port), "--silent"),
             *("--configure-bucket", BUCKET_IN, "--configure-bucket", BUCKET_OUT),
-        ]
+        ],
+        env=env,
     )
     try:
         for _ in range(100):
@@ -406,6 +410,11 @@ def main() -> None:
         action="store_true",
         help="storage servers on CPU 1, the worker (this process, 1 thread) on CPU 0",
     )
+    ap.add_argument(
+        "--images",
+        type=Path,
+        help="keep the generated JPEGs in this folder and reuse them next time (made once)",
+    )
     ap.add_argument("--serve-moto", nargs=2, metavar=("IMAGES", "LIST"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.pin:
@@ -418,11 +427,12 @@ def main() -> None:
 
     sizes = [int(x) for x in args.list.split(",") if x]
     with tempfile.TemporaryDirectory(prefix="sift-bench-storage-") as tmp:
-        images = Path(tmp) / "images"
+        images = args.images / str(args.n) if args.images else Path(tmp) / "images"
         t0 = time.perf_counter()
-        make_jpegs(images, args.n)
+        if len(list(images.glob("*.jpg"))) != args.n:
+            make_jpegs(images, args.n)
         mb = sum(p.stat().st_size for p in images.iterdir()) / 2**20
-        print(f"made {args.n} JPEGs (640x480, {mb:.0f} MB) in {time.perf_counter() - t0:.1f} s")
+        print(f"{args.n} JPEGs (640x480, {mb:.0f} MB) ready in {time.perf_counter() - t0:.1f} s")
         with moto_child(__file__, str(images), args.list) as (child, endpoint):
             s3_in: dict[str, object] = {
                 "s3": {"bucket": BUCKET_IN, "prefix": "img/", "endpoint": endpoint}

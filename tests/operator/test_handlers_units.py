@@ -179,6 +179,57 @@ def test_work_queue_collapses_bursts_and_never_loses_a_change() -> None:
     assert seen == ["a", "a", "b"]
 
 
+def test_work_queue_is_idle_only_when_nothing_waits_or_runs() -> None:
+    states: list[bool] = []
+
+    async def main() -> None:
+        gate = asyncio.Event()
+
+        async def handler(key: str) -> None:
+            states.append(queue.idle.is_set())  # while a key is processed: busy
+            await gate.wait()
+
+        queue: WorkQueue[str] = WorkQueue(handler, workers=1)
+        states.append(queue.idle.is_set())  # nothing yet: idle
+        queue.start()
+        queue.add("a")
+        queue.add("b")
+        states.append(queue.idle.is_set())
+        await asyncio.sleep(0.01)
+        gate.set()
+        await asyncio.wait_for(queue.idle.wait(), 1)  # both done: idle again
+        states.append(queue.idle.is_set())
+        await queue.stop()
+
+    asyncio.run(main())
+    assert states == [True, False, False, False, True]
+
+
+def test_events_wait_for_an_idle_queue_at_most_max_delay() -> None:
+    run = {"metadata": {"name": "r", "namespace": "ns", "uid": "u"}}
+
+    async def main() -> None:
+        kube = FakeKube()
+        idle = asyncio.Event()  # a busy queue
+        recorder = EventRecorder(kube, instance="t", idle=idle, max_delay=0.3)  # type: ignore[arg-type]
+        recorder.post_soon(run, [("Normal", "JobCreated", "job r created")], NOW)
+        await asyncio.sleep(0.05)
+        assert kube.events == {}  # runs are waiting: the Event waits too
+        idle.set()
+        await recorder.flush()
+        assert [e["reason"] for e in kube.events.values()] == ["JobCreated"]
+
+        idle.clear()  # a queue that stays busy: the Event goes out after max_delay
+        started = asyncio.get_running_loop().time()
+        recorder.post_soon(run, [("Normal", "Started", "pod running")], NOW)
+        await recorder.flush()
+        waited = asyncio.get_running_loop().time() - started
+        assert sorted(e["reason"] for e in kube.events.values()) == ["JobCreated", "Started"]
+        assert 0.25 <= waited < 2.0
+
+    asyncio.run(main())
+
+
 def test_resolve_host_keeps_ip_literals() -> None:
     assert asyncio.run(resolve_host("127.0.0.1")) == ["127.0.0.1/32"]
     assert asyncio.run(resolve_host("::1")) == ["::1/128"]

@@ -4,11 +4,17 @@ The same (run, type, reason, message) is one Event object whose ``count`` and
 ``lastTimestamp`` grow, named deterministically, so a restarted operator or a flapping
 condition adds to it instead of flooding the namespace. Posting never fails a
 reconcile: an Event that cannot be written is logged and dropped.
+
+Events yield to reconciles: while runs wait in the work queue, an Event waits too (at
+most ``max_delay``), so a burst of new runs gets its Jobs before the API server and the
+operator spend a request per run on Events, which are informational (the status says
+the same, and is written first).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import os
@@ -32,9 +38,21 @@ def event_name(run_name: str, key: str) -> str:
     return f"{run_name[:200]}.{digest}"
 
 
+MAX_DELAY = 5.0  # seconds an Event waits at most for the work queue to empty
+
+
 class EventRecorder:
-    def __init__(self, kube: Kube, *, instance: str | None = None) -> None:
+    def __init__(
+        self,
+        kube: Kube,
+        *,
+        instance: str | None = None,
+        idle: asyncio.Event | None = None,
+        max_delay: float = MAX_DELAY,
+    ) -> None:
         self.kube = kube
+        self._idle = idle  # set while no reconcile waits (the work queue's)
+        self.max_delay = max_delay
         # which replica acted: the pod's name (downward API) or the host name
         self.instance = instance or os.environ.get("POD_NAME") or socket.gethostname()
         self._counts: OrderedDict[str, int] = OrderedDict()  # event name -> count (bounded)
@@ -55,6 +73,9 @@ class EventRecorder:
     async def _post_all(
         self, run: Mapping[str, Any], events: list[tuple[str, str, str]], now: datetime
     ) -> None:
+        if self._idle is not None and not self._idle.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), self.max_delay)
         async with self._limit:
             for type_, reason, message in events:
                 await self.post(run, type_, reason, message, now)

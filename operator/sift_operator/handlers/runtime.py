@@ -36,11 +36,11 @@ class Runtime:
         self.options = options or Options()
         self.kube = kube
         self.views = Views(runs, jobs, pods)
-        self.recorder = EventRecorder(kube)
+        self.queue: WorkQueue[Key] = WorkQueue(self._process, workers=self.options.workers)
+        self.recorder = EventRecorder(kube, idle=self.queue.idle)
         self.reconciler = Reconciler(
             settings, kube, self.views, self.recorder, self.options, resolver
         )
-        self.queue: WorkQueue[Key] = WorkQueue(self._process, workers=self.options.workers)
         self.ready = asyncio.Event()  # set by the first handler call: indices are complete
         self._loops: list[asyncio.Task[None]] = []
 

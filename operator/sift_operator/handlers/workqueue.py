@@ -3,7 +3,8 @@
 A key is never processed by two workers at once; a key enqueued while it is being
 processed is processed once more afterwards (the change is not lost); a burst of
 events for one key collapses into one reconcile. Delayed retries (backoff) keep one
-timer per key, the earliest wins.
+timer per key, the earliest wins. ``idle`` is set while nothing is queued or being
+processed (Events wait for it).
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ class WorkQueue(Generic[K]):
         self._timers: dict[K, asyncio.TimerHandle] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self.processed = 0
+        self.idle = asyncio.Event()
+        self.idle.set()
 
     def start(self) -> None:
         for i in range(self._workers):
@@ -42,6 +45,7 @@ class WorkQueue(Generic[K]):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
+        self.idle.set()  # nothing will be processed any more: nothing to wait for
 
     def __len__(self) -> int:
         return len(self._queued) + len(self._active)
@@ -55,6 +59,7 @@ class WorkQueue(Generic[K]):
         elif key not in self._queued:
             self._queued.add(key)
             self._queue.put_nowait(key)
+            self.idle.clear()
 
     def add_after(self, key: K, delay: float) -> None:
         loop = asyncio.get_running_loop()
@@ -93,3 +98,5 @@ class WorkQueue(Generic[K]):
             if key in self._dirty:
                 self._dirty.discard(key)
                 self.add(key)
+            elif not self._queued and not self._active:
+                self.idle.set()

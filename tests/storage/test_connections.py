@@ -4,7 +4,6 @@ chunked and oversized bodies, TLS that trusts only the configured CAs."""
 
 from __future__ import annotations
 
-import socket
 import ssl
 import sys
 import threading
@@ -33,7 +32,7 @@ class Server:
     def __init__(self, tls: ssl.SSLContext | None = None) -> None:
         self.connections = 0
         self.requests: list[tuple[str, str, bytes]] = []  # method, path, body
-        self.mode = "length"  # "length" | "chunked" | "close-after"
+        self.mode = "length"  # "length" | "chunked" | "close-after" | "drop-after"
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -59,6 +58,7 @@ class Server:
                 self.send_header("Content-Length", str(len(BODY)))
                 if outer.mode == "close-after":
                     self.send_header("Connection", "close")
+                if outer.mode != "length":
                     self.close_connection = True
                 self.end_headers()
                 self.wfile.write(BODY)
@@ -116,19 +116,28 @@ def test_a_connection_the_server_closes_is_not_reused(server: Server) -> None:
     assert len(server.requests) == 3  # no request was sent twice
 
 
-def test_an_idle_connection_closed_by_the_server_is_replaced_once(server: Server) -> None:
+def test_a_kept_alive_connection_the_server_dropped_is_replaced(server: Server) -> None:
+    server.mode = "drop-after"  # answers, then closes without saying so (an idle timeout)
     pool = _pool()
     try:
         url = f"http://127.0.0.1:{server.port}/k"
         assert pool.request("GET", url, {}).body == BODY
-        idle = pool._idle[("http", "127.0.0.1", server.port)][0]
-        assert idle.sock is not None
-        idle.sock.shutdown(socket.SHUT_RDWR)  # what a server's idle timeout does to it
         assert pool.request("PUT", url, {"Content-Type": "image/jpeg"}, b"data").body == BODY
     finally:
         pool.close()
     assert server.connections == 2
-    assert server.requests[-1] == ("PUT", "/k", b"data")
+    assert [(m, b) for m, _, b in server.requests] == [("GET", b""), ("PUT", b"data")]
+
+
+def test_proxy_variables_are_ignored(server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "ALL_PROXY"):
+        monkeypatch.setenv(name, "http://127.0.0.1:9")  # nothing listens there
+    pool = _pool()
+    try:
+        assert pool.request("GET", f"http://127.0.0.1:{server.port}/k", {}).body == BODY
+    finally:
+        pool.close()
+    assert server.requests == [("GET", "/k", b"")]
 
 
 def test_chunked_bodies_and_the_size_limit(server: Server) -> None:
@@ -189,4 +198,5 @@ def test_tls_trusts_the_configured_ca_only(
         assert trusting.request("GET", url, {}).body == BODY
     finally:
         trusting.close()
-    assert srv.connections == 1  # one kept-alive connection (the refused one never got served)
+    # the refused handshake's connection, then one kept alive for both requests
+    assert (srv.connections, len(srv.requests)) == (2, 2)

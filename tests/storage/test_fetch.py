@@ -237,3 +237,23 @@ def test_bounded_concurrency(scripted: tuple[Script, int]) -> None:
             t.join(10)
     assert active[1] == 3
     assert len(script.requests) == 12
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:{port}@evil.example.com/b/k",  # user info: the host is evil
+        "http://evil.example.com\\@127.0.0.1:{port}/b/k",  # parsers disagree on backslashes
+        "http://127.0.0.1:{port}/b/k ?x=1",
+        "ftp://127.0.0.1:{port}/b/k",
+        "http://127.0.0.1:notaport/b/k",
+    ],
+)
+def test_egress_guard_refuses_urls_the_parsers_could_read_differently(
+    scripted: tuple[Script, int], url: str
+) -> None:
+    script, port = scripted
+    signed = SignedURL("GET", url.format(port=port), "k", datetime.now(UTC) + timedelta(minutes=5))
+    with Fetcher({"127.0.0.1"}, retry=FAST) as client, pytest.raises(EgressRefusedError):
+        client.get_bytes(signed)
+    assert script.requests == []  # nothing was sent anywhere

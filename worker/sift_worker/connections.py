@@ -1,41 +1,47 @@
-"""Keep-alive HTTP/1.1 connections for signed storage URLs (the standard library's
-``http.client``, pooled).
+"""Keep-alive HTTP/1.1 connections for signed storage URLs: libcurl through pycurl.
 
-Why not httpx on this path: a signed GET of a 50 kB image costs about 1.7 ms of the
-worker's CPU through httpx (h11's pure-Python parser, httpcore's pool locks) and
-about 0.4 ms through ``http.client``, whose body read is one C loop
-(``benchmarks/bench_fetch.py`` measures both in the same run). On a worker that
-decodes and embeds on the same cores, that difference is a third of the time an
-image takes. httpx stays the client of the broker and the results API, where a few
-requests a second do not matter.
+Why not httpx on this path: a worker decodes and embeds on the same cores that fetch,
+and per 55 kB object httpx costs about 1.5 ms of CPU (h11's pure-Python parser,
+httpcore's pool locks), the standard library's ``http.client`` about 0.5 ms (its
+header parser is the ``email`` package) and libcurl about 0.2 ms, with the GIL
+released while it waits (``benchmarks/bench_fetch.py`` measures them in one run).
+httpx stays the client of the broker and the results API, a few requests a second.
 
-This module only moves bytes: the egress guard, retries, URL refresh and the
-messages live in :mod:`sift_worker.fetch`. Connections are direct (no proxy, as the
-worker's httpx transports before it) and verify TLS with httpx's own default context
-(certifi, ``SSL_CERT_FILE`` / ``SSL_CERT_DIR``), so both clients trust the same CAs.
+This module only moves bytes: the egress guard, retries, URL refresh and the messages
+live in :mod:`sift_worker.fetch`. Each request is configured from scratch on a pooled
+handle (its kept-alive connection survives the reset): HTTP and HTTPS only, no
+redirects, no proxy (the environment's proxy variables are ignored, as by the worker's
+httpx transports), TLS verified against the same CAs as httpx's default (certifi, or
+``SSL_CERT_FILE`` / ``SSL_CERT_DIR``). A dead kept-alive connection is replaced by
+libcurl itself.
 """
 
 from __future__ import annotations
 
-import http.client
-import socket
-import ssl
+import os
 import threading
-from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass
-from email.message import Message
-from urllib.parse import urlsplit
+
+import certifi
+import pycurl
 
 __all__ = ["BodyTooLargeError", "ConnectionPool", "Reply", "TransportError"]
 
-_READ_CHUNK = 1 << 20
-_ERROR_BODY_LIMIT = 64 << 10  # a refusal's body is read (and the connection kept) up to this
-_STALE = (
-    http.client.RemoteDisconnected,
-    ConnectionResetError,
-    ConnectionAbortedError,
-    BrokenPipeError,
-)
+_BUFFER = 256 << 10  # bytes per write callback (libcurl's default is 16 kB)
+_ERROR_BODY_LIMIT = 64 << 10  # a refusal's body is kept up to this
+
+_CONNECT_ERRORS = {
+    pycurl.E_COULDNT_RESOLVE_HOST,
+    pycurl.E_COULDNT_CONNECT,
+    pycurl.E_SSL_CONNECT_ERROR,
+    pycurl.E_PEER_FAILED_VERIFICATION,
+    pycurl.E_SSL_CACERT,
+    pycurl.E_SSL_CACERT_BADFILE,
+    pycurl.E_SSL_CERTPROBLEM,
+}
+# 8 is CURLE_WEIRD_SERVER_REPLY (pycurl still calls it E_FTP_WEIRD_SERVER_REPLY)
+_PROTOCOL_ERRORS = {pycurl.E_FTP_WEIRD_SERVER_REPLY, pycurl.E_UNSUPPORTED_PROTOCOL}
 
 
 class TransportError(Exception):
@@ -60,48 +66,77 @@ class BodyTooLargeError(Exception):
 @dataclass(frozen=True)
 class Reply:
     status: int
-    headers: Message  # case-insensitive ``get``
+    headers: Mapping[str, str]  # retry-after (seconds), if the server asked for a wait
     body: bytes
 
 
-_Key = tuple[str, str, int]
+class _Exchange:
+    """The callbacks' state for one request."""
+
+    __slots__ = ("chunks", "limit", "max_bytes", "received", "status", "too_large")
+
+    def __init__(self, max_bytes: int | None) -> None:
+        self.max_bytes = max_bytes
+        self.limit = max_bytes
+        self.chunks: list[bytes] = []
+        self.received = 0
+        self.status = 0
+        self.too_large = ""
+
+    def header(self, line: bytes) -> int | None:
+        first = line[:1]
+        if first == b"H" and line.startswith(b"HTTP/"):  # a new response (after a 100, too)
+            parts = line.split(None, 2)
+            self.status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
+            self.limit = self.max_bytes if self.status < 300 else _ERROR_BODY_LIMIT
+        elif (
+            (first == b"c" or first == b"C")
+            and self.status < 300
+            and self.limit is not None
+            and line[:15].lower() == b"content-length:"
+        ):
+            value = line[15:].strip()
+            if value.isdigit() and int(value) > self.limit:
+                self.too_large = f"{value.decode()} bytes"
+                return 0  # a short count aborts the transfer before the body
+        return None  # every other line: libcurl keeps what we need (Retry-After)
+
+    def write(self, data: bytes) -> int | None:
+        self.received += len(data)
+        if self.limit is not None and self.received > self.limit:
+            if self.status < 300:
+                self.too_large = f"over {self.limit} bytes"
+                return 0
+            return None  # an error body past the limit: dropped, the answer still counts
+        self.chunks.append(data)
+        return None
 
 
 class ConnectionPool:
-    """Idle keep-alive connections per (scheme, host, port); thread-safe.
+    """Idle libcurl handles (each with its kept-alive connections); thread-safe.
 
-    The caller bounds how many requests run at once; the pool keeps at most
-    ``max_idle`` idle connections per origin and closes the rest.
+    The caller bounds how many requests run at once; at most ``max_idle`` handles are
+    kept between requests.
     """
 
-    def __init__(
-        self,
-        *,
-        timeout: float,
-        connect_timeout: float,
-        max_idle: int,
-        ssl_context: ssl.SSLContext | None = None,
-    ) -> None:
+    def __init__(self, *, timeout: float, connect_timeout: float, max_idle: int) -> None:
         self.timeout = timeout
         self.connect_timeout = connect_timeout
         self.max_idle = max(1, max_idle)
-        self._ssl = ssl_context
-        self._idle: defaultdict[_Key, list[http.client.HTTPConnection]] = defaultdict(list)
+        self._idle: list[pycurl.Curl] = []
         self._lock = threading.Lock()
         self._closed = False
-
-    def _context(self) -> ssl.SSLContext:
-        if self._ssl is None:  # built on the first https request: plain-http runs never pay
-            import httpx
-
-            self._ssl = httpx.create_ssl_context()
-        return self._ssl
+        # httpx's rule (httpx.create_ssl_context): SSL_CERT_FILE, else SSL_CERT_DIR, else certifi
+        self._ca_file = os.environ.get("SSL_CERT_FILE") or None
+        self._ca_dir = None if self._ca_file else os.environ.get("SSL_CERT_DIR") or None
+        if not (self._ca_file or self._ca_dir):
+            self._ca_file = certifi.where()
 
     def request(
         self,
         method: str,
         url: str,
-        headers: dict[str, str],
+        headers: Mapping[str, str],
         body: bytes | None = None,
         max_bytes: int | None = None,
     ) -> Reply:
@@ -109,137 +144,123 @@ class ConnectionPool:
 
         Raises :class:`TransportError` (connect/read errors, timeouts, a malformed
         answer) or :class:`BodyTooLargeError`; an HTTP error status is a normal
-        :class:`Reply`. A keep-alive connection the server had closed is replaced once,
-        transparently: signed GETs and PUTs are idempotent.
+        :class:`Reply`.
         """
-        parts = urlsplit(url)
-        scheme = parts.scheme.lower()
-        host = parts.hostname or ""
-        port = parts.port or (443 if scheme == "https" else 80)
-        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        key = (scheme, host, port)
-        conn = self._take(key)
-        reused = conn is not None
-        if conn is None:
-            conn = self._connect(key)
+        handle = self._take()
+        exchange = _Exchange(max_bytes)
         try:
-            try:
-                resp = self._send(conn, method, target, headers, body)
-            except _STALE:
-                if not reused:
-                    raise
-                conn.close()  # the server closed it while idle: once more on a fresh one
-                conn = self._connect(key)
-                resp = self._send(conn, method, target, headers, body)
-            reply, keep = self._read(resp, method, max_bytes)
-        except BodyTooLargeError:
-            conn.close()
-            raise
-        except TimeoutError:
-            conn.close()
-            raise TransportError("ReadTimeout", timeout=True) from None
-        except (http.client.HTTPException, OSError) as exc:
-            conn.close()
-            kind = "RemoteProtocolError" if isinstance(exc, http.client.HTTPException) else ""
-            raise TransportError(kind or "ReadError") from None
+            self._configure(handle, method, url, headers, body, exchange)
+            handle.perform()
+        except pycurl.error as exc:
+            code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else -1
+            connected = handle.getinfo(pycurl.CONNECT_TIME) > 0
+            self._discard(handle)
+            if exchange.too_large:
+                raise BodyTooLargeError(exchange.too_large) from None
+            raise _transport_error(code, connected) from None
         except BaseException:
-            conn.close()
+            self._discard(handle)
             raise
-        if keep:
-            self._give_back(key, conn)
-        else:
-            conn.close()
-        return reply
+        status = int(handle.getinfo(pycurl.RESPONSE_CODE))
+        wait = int(handle.getinfo(pycurl.RETRY_AFTER))  # seconds, from a delta or a date
+        self._give_back(handle)
+        headers = {"retry-after": str(wait)} if wait > 0 else {}
+        return Reply(status, headers, b"".join(exchange.chunks))
 
     def close(self) -> None:
         with self._lock:
             self._closed = True
-            idle = [c for conns in self._idle.values() for c in conns]
-            self._idle.clear()
-        for conn in idle:
-            conn.close()
+            idle, self._idle = self._idle, []
+        for handle in idle:
+            handle.close()
 
     # --- internals ----------------------------------------------------------------------
 
-    def _take(self, key: _Key) -> http.client.HTTPConnection | None:
-        with self._lock:
-            conns = self._idle.get(key)
-            return conns.pop() if conns else None
-
-    def _give_back(self, key: _Key, conn: http.client.HTTPConnection) -> None:
-        with self._lock:
-            conns = self._idle[key]
-            if not self._closed and len(conns) < self.max_idle:
-                conns.append(conn)
-                return
-        conn.close()
-
-    def _connect(self, key: _Key) -> http.client.HTTPConnection:
-        scheme, host, port = key
-        conn: http.client.HTTPConnection
-        if scheme == "https":
-            conn = http.client.HTTPSConnection(
-                host, port, timeout=self.connect_timeout, context=self._context()
-            )
-        elif scheme == "http":
-            conn = http.client.HTTPConnection(host, port, timeout=self.connect_timeout)
+    def _configure(
+        self,
+        handle: pycurl.Curl,
+        method: str,
+        url: str,
+        headers: Mapping[str, str],
+        body: bytes | None,
+        exchange: _Exchange,
+    ) -> None:
+        handle.reset()  # every option back to its default; the connection cache stays
+        handle.setopt(pycurl.URL, url)
+        handle.setopt(pycurl.PROTOCOLS, pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS)
+        handle.setopt(pycurl.NOSIGNAL, 1)  # threads: no SIGALRM for timeouts
+        handle.setopt(pycurl.PROXY, "")  # never a proxy from the environment
+        handle.setopt(pycurl.HTTP_VERSION, pycurl.CURL_HTTP_VERSION_1_1)
+        handle.setopt(pycurl.CONNECTTIMEOUT_MS, max(1, int(self.connect_timeout * 1000)))
+        # a read timeout: abort when under 1 byte/s arrived for `timeout` seconds
+        handle.setopt(pycurl.LOW_SPEED_LIMIT, 1)
+        handle.setopt(pycurl.LOW_SPEED_TIME, max(1, round(self.timeout)))
+        if self._ca_file:
+            handle.setopt(pycurl.CAINFO, self._ca_file)
+        if self._ca_dir:
+            handle.setopt(pycurl.CAPATH, self._ca_dir)
+        handle.setopt(pycurl.BUFFERSIZE, _BUFFER)
+        handle.setopt(pycurl.HEADERFUNCTION, exchange.header)
+        handle.setopt(pycurl.WRITEFUNCTION, exchange.write)
+        lines = [f"{k}: {v}" for k, v in headers.items()]
+        if method == "GET":
+            handle.setopt(pycurl.HTTPGET, 1)
+        elif method == "HEAD":
+            handle.setopt(pycurl.NOBODY, 1)
+        elif method == "PUT":
+            data = body or b""
+            handle.setopt(pycurl.UPLOAD, 1)
+            handle.setopt(pycurl.INFILESIZE_LARGE, len(data))
+            reader = _Reader(data)
+            handle.setopt(pycurl.READFUNCTION, reader.read)
+            handle.setopt(pycurl.SEEKFUNCTION, reader.seek)  # a resend on a fresh connection
+            lines.append("Expect:")  # no 100-continue round trip: the URL is signed already
         else:
             raise TransportError("UnsupportedProtocol")
-        try:
-            conn.connect()
-        except TimeoutError:
-            conn.close()
-            raise TransportError("ConnectTimeout", timeout=True) from None
-        except OSError:  # refused, unreachable, DNS, a TLS handshake failure
-            conn.close()
-            raise TransportError("ConnectError") from None
-        assert conn.sock is not None
-        conn.sock.settimeout(self.timeout)
-        conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return conn
+        handle.setopt(pycurl.HTTPHEADER, lines)
+
+    def _take(self) -> pycurl.Curl:
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()
+        return pycurl.Curl()
+
+    def _give_back(self, handle: pycurl.Curl) -> None:
+        with self._lock:
+            if not self._closed and len(self._idle) < self.max_idle:
+                self._idle.append(handle)
+                return
+        handle.close()
 
     @staticmethod
-    def _send(
-        conn: http.client.HTTPConnection,
-        method: str,
-        target: str,
-        headers: dict[str, str],
-        body: bytes | None,
-    ) -> http.client.HTTPResponse:
-        conn.putrequest(method, target)  # sends Accept-Encoding: identity, the stored bytes
-        for name, value in headers.items():
-            conn.putheader(name, value)
-        if body is not None or method in ("PUT", "POST"):
-            conn.putheader("Content-Length", str(len(body or b"")))
-        conn.endheaders(body)
-        return conn.getresponse()
+    def _discard(handle: pycurl.Curl) -> None:
+        handle.close()  # its connection may be mid-answer: never reused
 
-    @staticmethod
-    def _read(
-        resp: http.client.HTTPResponse, method: str, max_bytes: int | None
-    ) -> tuple[Reply, bool]:
-        status = resp.status
-        declared = resp.getheader("content-length")
-        limit = max_bytes if status < 300 else _ERROR_BODY_LIMIT
-        if method == "HEAD":
-            data = b""
-        elif declared is not None and declared.isdigit():
-            if limit is not None and int(declared) > limit:
-                if status < 300:
-                    raise BodyTooLargeError(f"{declared} bytes")
-                resp.close()  # a huge error body: not worth reading, nor the connection
-                return Reply(status, resp.msg, b""), False
-            data = resp.read()  # exactly `declared` bytes, one C loop
-            if len(data) != int(declared):
-                raise http.client.IncompleteRead(data, int(declared) - len(data))
-        else:  # chunked or until close: bounded reads
-            buf = bytearray()
-            while chunk := resp.read(_READ_CHUNK):
-                buf += chunk
-                if limit is not None and len(buf) > limit:
-                    if status < 300:
-                        raise BodyTooLargeError(f"over {limit} bytes")
-                    break
-            data = bytes(buf)
-        keep = not resp.will_close and resp.isclosed()
-        return Reply(status, resp.msg, data), keep
+
+class _Reader:
+    __slots__ = ("data", "offset")
+
+    def __init__(self, data: bytes) -> None:
+        self.data = memoryview(data)
+        self.offset = 0
+
+    def read(self, size: int) -> bytes:
+        chunk = self.data[self.offset : self.offset + size]
+        self.offset += len(chunk)
+        return bytes(chunk)
+
+    def seek(self, offset: int, origin: int) -> int:
+        if origin != os.SEEK_SET or not 0 <= offset <= len(self.data):
+            return pycurl.SEEKFUNC_CANTSEEK
+        self.offset = offset
+        return pycurl.SEEKFUNC_OK
+
+
+def _transport_error(code: int, connected: bool) -> TransportError:
+    if code == pycurl.E_OPERATION_TIMEDOUT:
+        return TransportError("ReadTimeout" if connected else "ConnectTimeout", timeout=True)
+    if code in _CONNECT_ERRORS:
+        return TransportError("ConnectError")
+    if code in _PROTOCOL_ERRORS:
+        return TransportError("RemoteProtocolError")
+    return TransportError("ReadError")

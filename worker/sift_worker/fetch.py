@@ -31,9 +31,10 @@ import email.utils
 import logging
 import random
 import threading
+import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from prometheus_client import CollectorRegistry, Counter
 from tenacity import (
@@ -158,10 +159,12 @@ def install_redaction() -> None:
 class EgressRefusedError(Exception):
     """A request to a host that is not on the run's allowlist."""
 
-    def __init__(self, host: str) -> None:
+    def __init__(self, host: str, why: str | None = None) -> None:
         self.host = host
         super().__init__(
-            f"egress refused: host {host!r} is not on this run's allowlist "
+            f"egress refused: host {host!r}: {why}"
+            if why
+            else f"egress refused: host {host!r} is not on this run's allowlist "
             "(storage, broker and results API hosts only)"
         )
 
@@ -230,6 +233,24 @@ def retry_after_seconds(value: str | None) -> float | None:
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+_UNSAFE_IN_URL = frozenset("\\ \t\r\n")
+
+
+def _plain(url: str, parts: SplitResult) -> bool:
+    """Whether the guard's parser and libcurl's surely see the same host: http(s), no
+    user info, a numeric port if any, no backslash or white space (signed URLs never
+    have them)."""
+    try:
+        parts.port  # noqa: B018  (raises for a port that is not a number)
+    except ValueError:
+        return False
+    return (
+        parts.scheme in ("http", "https")
+        and "@" not in parts.netloc
+        and not _UNSAFE_IN_URL.intersection(url)
+    )
 
 
 _EXPIRED_MARKERS = (b"expired", b"Expired", b"ExpiredToken", b"not valid at this time")
@@ -342,16 +363,32 @@ class Fetcher:
                 getattr(exc, "reason", type(exc).__name__),
             )
 
-        retrying = Retrying(
-            retry=retry_if_exception_type(_RetryableError),
-            stop=stop_after_attempt(self.retry.attempts) | stop_after_delay(self.retry.budget),
-            wait=self.retry.wait,
-            before_sleep=before_sleep,
-            reraise=True,
-        )
         with self._slots:
+            started = time.monotonic()
             try:
-                return retrying(attempt)
+                try:
+                    return attempt()  # the common case: no retry machinery at all
+                except _RetryableError as exc:
+                    first: _RetryableError | None = exc
+
+                def replay_then_attempt() -> bytes:
+                    # tenacity sees the first failure as its attempt 1 (logged, counted,
+                    # waited after) and makes the real attempts from 2 on
+                    nonlocal first
+                    if first is not None:
+                        failed, first = first, None
+                        raise failed
+                    return attempt()
+
+                budget = max(0.0, self.retry.budget - (time.monotonic() - started))
+                retrying = Retrying(
+                    retry=retry_if_exception_type(_RetryableError),
+                    stop=stop_after_attempt(self.retry.attempts) | stop_after_delay(budget),
+                    wait=self.retry.wait,
+                    before_sleep=before_sleep,
+                    reraise=True,
+                )
+                return retrying(replay_then_attempt)
             except _RetryableError as exc:
                 FETCH_FAILURES.inc()
                 raise FetchError(
@@ -378,6 +415,11 @@ class Fetcher:
         """One guarded exchange: the host is checked before a connection is opened."""
         parts = urlsplit(url.url)
         host = (parts.hostname or "").lower()
+        if not _plain(url.url, parts):
+            EGRESS_REFUSED.inc()
+            why = "not a plain http(s) URL (user info, a bad port, a backslash or white space)"
+            log.warning("egress refused: host %s: %s", host, why)
+            raise EgressRefusedError(host, why)
         if not self._allowed(host, parts.port):
             EGRESS_REFUSED.inc()
             log.warning("egress refused: host %s is not on the allowlist", host)

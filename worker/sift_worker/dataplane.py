@@ -22,7 +22,6 @@ from __future__ import annotations
 import builtins
 import contextlib
 import dataclasses
-import hashlib
 import itertools
 import logging
 import mimetypes
@@ -41,6 +40,7 @@ from sift_worker.api.v1alpha1 import SelectionRun, StorageLocation
 from sift_worker.broker_client import broker_signer_from_env
 from sift_worker.fetch import Fetcher, FetchError, ObjectGoneError
 from sift_worker.imaging import CorruptImage
+from sift_worker.keystream import KeyStream
 from sift_worker.storage import (
     ListFilter,
     OutsidePrefixError,
@@ -124,13 +124,19 @@ class RemoteInput:
 
     def list(self, extensions: frozenset[str], relevant: Container[str] | None) -> list[str]:
         """Every accepted key in order; :class:`~sift_worker.storage.EmptyInputError` if none."""
+        return self.listed(self.stream(extensions, relevant))
+
+    def stream(
+        self, extensions: frozenset[str], relevant: Container[str] | None = None
+    ) -> KeyStream:
+        """The accepted keys as they are listed (:class:`KeyStream`)."""
         keep = ListFilter(extensions=extensions, relevant=relevant)
-        digest = hashlib.sha256()
-        keys = []
-        for o in self.storage.require_objects(keep):
-            keys.append(o.key)
-            digest.update(f"{o.key}\0{o.size}\0".encode())
-        self.listing_digest = digest.hexdigest()
+        return KeyStream(lambda: self.storage.require_objects(keep))
+
+    def listed(self, stream: KeyStream) -> builtins.list[str]:
+        """Every key of a finished ``stream``; sets :attr:`listing_digest` (SHA-256 of the
+        keys and sizes: the checkpoint's guard)."""
+        keys, self.listing_digest = stream.result()
         return keys
 
     def read_bytes(self, name: str) -> bytes:

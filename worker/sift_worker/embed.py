@@ -7,6 +7,7 @@ samples exist at once, whatever the dataset size; only the (N, D) embeddings gro
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 
 from sift_worker.imaging import CorruptImage
+from sift_worker.keystream import KeyStream
 from sift_worker.models import EmbeddingModel, embed_batch
 from sift_worker.progress import StageProgress
 from sift_worker.sources.samples import ObjectReader, SampleRef, iter_decoded_samples
@@ -73,7 +75,10 @@ def embed_samples(
     refs: list[SampleRef] = []
     corrupt: list[tuple[str, str]] = []
     filled = 0
-    todo: list[str | SampleRef] = list(samples)
+    # a listing still streaming in stays lazy: its length is asked for only when resuming
+    todo: list[str | SampleRef] | KeyStream = (
+        samples if isinstance(samples, KeyStream) else list(samples)
+    )
     start = 0
     if checkpoint is not None:
         for chunk in checkpoint.load(model.embedding_dim):
@@ -82,8 +87,9 @@ def embed_samples(
             corrupt += chunk.corrupt
             stage.advance(len(chunk.refs) + len(chunk.corrupt))
             start += checkpoint.chunk_samples
-        start = min(start, len(todo))
-    saver = _ChunkSaver(checkpoint, start, len(todo), rows, refs, corrupt)
+        if start:
+            start = min(start, len(todo))
+    saver = _ChunkSaver(checkpoint, start, todo, rows, refs, corrupt)
 
     def flush() -> None:
         nonlocal filled
@@ -94,7 +100,7 @@ def embed_samples(
 
     stream = iter_decoded_samples(
         root,
-        todo[start:],
+        itertools.islice(todo, start, None),
         size,
         workers=decode_workers,
         window=max(2 * batch_size, 4 * decode_workers),
@@ -102,7 +108,7 @@ def embed_samples(
         max_frames=max_frames,
     )
     for ref, item in stream:
-        if saver.crossing(todo, ref):
+        if saver.crossing(ref):
             flush()
             saver.save_done()
         if isinstance(item, CorruptImage):
@@ -131,7 +137,7 @@ class _ChunkSaver:
         self,
         checkpoint: Checkpoint | None,
         start: int,
-        total: int,
+        todo: list[str | SampleRef] | KeyStream,
         rows: _Rows,
         refs: list[SampleRef],
         corrupt: list[tuple[str, str]],
@@ -140,18 +146,21 @@ class _ChunkSaver:
         self.size = checkpoint.chunk_samples if checkpoint else 0
         self.index = -(-start // self.size) if self.size else 0  # chunks already saved
         self.at = start  # the input sample the stream is at
-        self.total = total
+        self.todo = todo
         self.rows, self.refs, self.corrupt = rows, refs, corrupt
         self.marks = (rows.size, len(refs), len(corrupt))  # where the current chunk began
 
-    def crossing(self, todo: list[str | SampleRef], ref: SampleRef) -> bool:
+    def crossing(self, ref: SampleRef) -> bool:
         if self.checkpoint is None:
             return False
-        while not _belongs(todo[self.at], ref):
+        while True:
+            try:
+                sample = self.todo[self.at]
+            except IndexError:
+                raise RuntimeError(f"sample {ref.id} is not in the input list") from None
+            if _belongs(sample, ref):
+                return self.at >= (self.index + 1) * self.size
             self.at += 1
-            if self.at >= self.total:
-                raise RuntimeError(f"sample {ref.id} is not in the input list")
-        return self.at >= (self.index + 1) * self.size
 
     def save_done(self) -> None:
         """Save every chunk that ends at or before the current sample."""
@@ -159,7 +168,7 @@ class _ChunkSaver:
             self._save()
 
     def finish(self) -> None:
-        while self.checkpoint is not None and self.index * self.size < self.total:
+        while self.checkpoint is not None and self.index * self.size < len(self.todo):
             self._save()
 
     def _save(self) -> None:

@@ -50,7 +50,8 @@ from sift_worker.fetch import FetchError
 from sift_worker.imaging import CorruptImage, make_thumbnail
 from sift_worker.inputs import InputProblem
 from sift_worker.inputs.staging import stage_side_files
-from sift_worker.models import WeightsError, build_model
+from sift_worker.keystream import KeyStream
+from sift_worker.models import EmbeddingModel, WeightsError, build_model
 from sift_worker.outputs import (
     SampleStatus,
     atomic_write_text,
@@ -185,18 +186,15 @@ def _embed(
 ) -> tuple[SamplePlan, Embedded, str]:
     spec = run.spec.input
     emb = spec.embeddings
+    if isinstance(input_dir, RemoteInput) and _can_stream(run, relevant):
+        return _embed_streamed(run, input_dir, settings, progress, timer, store)
     with timer("list"):
         if isinstance(input_dir, Path):
             plan = plan_samples(input_dir, spec, relevant)
         else:  # object storage: side files are copied to a folder, then read as on a volume
             files = input_dir.list(input_extensions(spec), relevant)
-            side_dir, staged = stage_side_files(
-                input_dir, spec, files, metadata=_reads_metadata(run)
-            )
-            plan = plan_files(side_dir, files, spec)
-            plan.problems = [*staged, *plan.problems]
-    label = input_dir if isinstance(input_dir, Path) else input_dir.uri()
-    log.info("listed %d files in %s (input type %s)", len(plan.files), label, spec.type)
+            plan = _remote_plan(run, input_dir, files)
+    _log_listed(run, input_dir, plan)
     if emb.file is not None:
         assert emb.file.path is not None
         names_path = (
@@ -223,20 +221,99 @@ def _embed(
             f"embeddings file {Path(emb.file.path).name}",
         )
 
+    model, weights, model_desc = _model(run, settings)
+    total = None if spec.type == "videos" else len(plan.samples)
+    checkpoint = _checkpoint(run, store, lambda: plan.samples, weights, settings, input_dir)
+    embedded = _embed_all(
+        run, input_dir, plan.samples, total, model, settings, progress, timer, checkpoint
+    )
+    return plan, embedded, model_desc
+
+
+def _can_stream(run: SelectionRun, relevant: set[str] | None) -> bool:
+    """Whether the embedding can start before the listing ends: plain images with no
+    side files to stage first (predictions, metadata that is read) and no filter."""
+    spec = run.spec.input
+    return (
+        spec.type == "images"
+        and spec.embeddings.file is None
+        and spec.predictions is None
+        and (spec.metadata is None or not _reads_metadata(run))
+        and relevant is None
+    )
+
+
+def _embed_streamed(
+    run: SelectionRun,
+    input_dir: RemoteInput,
+    settings: RunSettings,
+    progress: Progress,
+    timer: _Timer,
+    store: CheckpointStore | None,
+) -> tuple[SamplePlan, Embedded, str]:
+    """Images from object storage: the decoders start on the listing's first page while
+    later pages are listed (a bucket lists 1,000 keys a page, one after another)."""
+    with timer("list"):  # only starts it
+        stream = input_dir.stream(input_extensions(run.spec.input))
+    model, weights, model_desc = _model(run, settings)
+    checkpoint = _checkpoint(
+        run, store, lambda: input_dir.listed(stream), weights, settings, input_dir
+    )
+    embedded = _embed_all(
+        run, input_dir, stream, None, model, settings, progress, timer, checkpoint
+    )
+    plan = _remote_plan(run, input_dir, input_dir.listed(stream))
+    _log_listed(run, input_dir, plan)
+    return plan, embedded, model_desc
+
+
+def _remote_plan(run: SelectionRun, input_dir: RemoteInput, files: list[str]) -> SamplePlan:
+    """Side files are copied to a folder, then read as on a volume."""
+    spec = run.spec.input
+    side_dir, staged = stage_side_files(input_dir, spec, files, metadata=_reads_metadata(run))
+    plan = plan_files(side_dir, files, spec)
+    plan.problems = [*staged, *plan.problems]
+    return plan
+
+
+def _log_listed(run: SelectionRun, input_dir: Path | RemoteInput, plan: SamplePlan) -> None:
+    label = input_dir if isinstance(input_dir, Path) else input_dir.uri()
+    log.info("listed %d files in %s (input type %s)", len(plan.files), label, run.spec.input.type)
+
+
+def _model(run: SelectionRun, settings: RunSettings) -> tuple[EmbeddingModel, Path | None, str]:
+    emb = run.spec.input.embeddings
     assert emb.model is not None
     weights = Path(emb.weights.path) if emb.weights and emb.weights.path else None
     try:
         model = build_model(emb.model, weights=weights)
     except WeightsError as exc:
         raise ConfigError(settings.source, [f"spec.input.embeddings.weights: {exc}"]) from None
-    model_desc = f"{emb.model} ({'weights: ' + weights.name if weights else 'random init, seed 0'})"
-    total = None if spec.type == "videos" else len(plan.samples)
+    return (
+        model,
+        weights,
+        f"{emb.model} ({'weights: ' + weights.name if weights else 'random init, seed 0'})",
+    )
+
+
+def _embed_all(
+    run: SelectionRun,
+    input_dir: Path | RemoteInput,
+    samples: Sequence[str | SampleRef] | KeyStream,
+    total: int | None,
+    model: EmbeddingModel,
+    settings: RunSettings,
+    progress: Progress,
+    timer: _Timer,
+    checkpoint: Checkpoint | None,
+) -> Embedded:
+    spec = run.spec.input
+    emb = spec.embeddings
     frames = spec.frames
-    checkpoint = _checkpoint(run, store, plan, weights, settings, input_dir)
     with timer("embed"), progress.stage("embedding", total) as stage:
         embedded = embed_samples(
             input_dir,
-            plan.samples,
+            samples,
             model,
             batch_size=emb.batch_size,
             decode_workers=_fetching_workers(settings, input_dir),
@@ -248,7 +325,7 @@ def _embed(
         )
     for name, reason in embedded.corrupt:
         log.warning("skipped corrupt sample %s: %s", name, reason)
-    return plan, embedded, model_desc
+    return embedded
 
 
 def _reads_metadata(run: SelectionRun) -> bool:
@@ -262,7 +339,7 @@ def _reads_metadata(run: SelectionRun) -> bool:
 def _checkpoint(
     run: SelectionRun,
     store: CheckpointStore | None,
-    plan: SamplePlan,
+    samples: Callable[[], Sequence[str | SampleRef]],
     weights: Path | None,
     settings: RunSettings,
     input_dir: Path | RemoteInput,
@@ -277,15 +354,18 @@ def _checkpoint(
         ) from None
     if store is None or every <= 0:
         return None
-    ids = [s if isinstance(s, str) else s.id for s in plan.samples]
-    parts = {
-        "input": run.spec.input.model_dump(mode="json", by_alias=True, exclude_none=True),
-        "weights": _file_sha256(weights) if weights else None,
-        "threads": settings.threads,
-        "chunkSamples": every,
-        "samples": listing_digest(ids),
-        "objects": input_dir.listing_digest if isinstance(input_dir, RemoteInput) else None,
-    }
+
+    def parts() -> dict[str, Any]:  # when first needed: a streamed listing has ended then
+        ids = [s if isinstance(s, str) else s.id for s in samples()]
+        return {
+            "input": run.spec.input.model_dump(mode="json", by_alias=True, exclude_none=True),
+            "weights": _file_sha256(weights) if weights else None,
+            "threads": settings.threads,
+            "chunkSamples": every,
+            "samples": listing_digest(ids),
+            "objects": input_dir.listing_digest if isinstance(input_dir, RemoteInput) else None,
+        }
+
     return Checkpoint(store, parts, every)
 
 

@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 import httpx
-from bench_storage import make_gcs_buckets, start_fake_gcs
+from bench_storage import make_gcs_buckets, put_gcs_objects, start_fake_gcs
 from sift_worker.fetch import Fetcher
 from sift_worker.storage import SignedURL
 
@@ -53,12 +53,7 @@ def main() -> int:
         with httpx.Client(base_url=endpoint, timeout=30) as admin:
             make_gcs_buckets(admin, ["bench"])
             body = os.urandom(55_000)
-            for i in range(args.n):
-                admin.post(
-                    "/upload/storage/v1/b/bench/o",
-                    params={"uploadType": "media", "name": f"o{i}"},
-                    content=body,
-                )
+            put_gcs_objects(admin, "bench", ((f"o{i}", body) for i in range(args.n)))
         pinned = len(os.sched_getaffinity(0)) >= 2
         if pinned:
             os.sched_setaffinity(server.pid, {1})

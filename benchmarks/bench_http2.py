@@ -21,7 +21,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
-from bench_storage import make_gcs_buckets, start_fake_gcs
+from bench_storage import make_gcs_buckets, put_gcs_objects, start_fake_gcs
 
 
 def main() -> int:
@@ -40,12 +40,7 @@ def main() -> int:
         with httpx.Client(verify=False, base_url=endpoint, timeout=30) as admin:
             make_gcs_buckets(admin, ["bench"])
             body = os.urandom(55_000)
-            for i in range(args.n):
-                admin.post(
-                    "/upload/storage/v1/b/bench/o",
-                    params={"uploadType": "media", "name": f"o{i}"},
-                    content=body,
-                )
+            put_gcs_objects(admin, "bench", ((f"o{i}", body) for i in range(args.n)))
         if len(os.sched_getaffinity(0)) >= 2:
             os.sched_setaffinity(server.pid, {1})
             os.sched_setaffinity(0, {0})

@@ -36,7 +36,7 @@ import sys
 import tempfile
 import time
 import tracemalloc
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -328,6 +328,16 @@ def make_gcs_buckets(http: Any, buckets: Sequence[str]) -> None:
         http.post("/storage/v1/b", json={"name": bucket})
 
 
+def put_gcs_objects(http: Any, bucket: str, objects: Iterable[tuple[str, bytes]]) -> None:
+    """Upload ``(name, body)`` pairs to fake-gcs-server (``http``: an httpx client on it)."""
+    for name, body in objects:
+        http.post(
+            f"/upload/storage/v1/b/{bucket}/o",
+            params={"uploadType": "media", "name": name},
+            content=body,
+        )
+
+
 @contextlib.contextmanager
 def gcs_location(
     images: Path, tmp: Path
@@ -343,12 +353,9 @@ def gcs_location(
     try:
         with httpx.Client(base_url=endpoint, timeout=30) as http:
             make_gcs_buckets(http, ("gin", "gout"))
-            for path in sorted(images.iterdir()):
-                http.post(
-                    "/upload/storage/v1/b/gin/o",
-                    params={"uploadType": "media", "name": f"img/{path.name}"},
-                    content=path.read_bytes(),
-                )
+            put_gcs_objects(
+                http, "gin", ((f"img/{p.name}", p.read_bytes()) for p in sorted(images.iterdir()))
+            )
         key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         pem = key.private_bytes(
             serialization.Encoding.PEM,

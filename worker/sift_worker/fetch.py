@@ -8,8 +8,8 @@ Every outgoing request of the worker's data plane goes through a :class:`Fetcher
   query) and ``sift_worker_egress_refused_total`` counts refusals. Redirects are not
   followed, so a storage server cannot send the worker elsewhere.
 * **Pooling and bounded concurrency.** Keep-alive connections
-  (:mod:`sift_worker.connections`: ``http.client``, about a third of httpx's CPU
-  per object), at most ``concurrency`` requests in flight (a semaphore; threads beyond it
+  (:mod:`sift_worker.connections`: libcurl, about a quarter of httpx's CPU per
+  object), at most ``concurrency`` requests in flight (a semaphore; threads beyond it
   wait).
 * **Retries.** 5xx, 429, timeouts and connection errors are retried with exponential
   backoff and full jitter (tenacity), honouring ``Retry-After``, within an attempt and a
@@ -415,15 +415,17 @@ class Fetcher:
         """One guarded exchange: the host is checked before a connection is opened."""
         parts = urlsplit(url.url)
         host = (parts.hostname or "").lower()
-        if not _plain(url.url, parts):
+        why = (
+            None
+            if _plain(url.url, parts)
+            else "not a plain http(s) URL (user info, a bad port, a backslash or white space)"
+        )
+        if why is not None or not self._allowed(host, parts.port):
             EGRESS_REFUSED.inc()
-            why = "not a plain http(s) URL (user info, a bad port, a backslash or white space)"
-            log.warning("egress refused: host %s: %s", host, why)
+            log.warning(
+                "egress refused: host %s%s", host, f": {why}" if why else " is not on the allowlist"
+            )
             raise EgressRefusedError(host, why)
-        if not self._allowed(host, parts.port):
-            EGRESS_REFUSED.inc()
-            log.warning("egress refused: host %s is not on the allowlist", host)
-            raise EgressRefusedError(host)
         try:
             reply = self._pool.request(
                 url.method, url.url, dict(url.headers), body, max_bytes=self.max_bytes

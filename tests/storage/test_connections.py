@@ -32,6 +32,7 @@ class Server:
     def __init__(self, tls: ssl.SSLContext | None = None) -> None:
         self.connections = 0
         self.requests: list[tuple[str, str, bytes]] = []  # method, path, body
+        self.headers: list[dict[str, str]] = []  # each request's headers
         self.mode = "length"  # "length" | "chunked" | "close-after" | "drop-after"
         outer = self
 
@@ -46,6 +47,7 @@ class Server:
                 length = int(self.headers.get("content-length") or 0)
                 body = self.rfile.read(length) if length else b""
                 outer.requests.append((self.command, self.path, body))
+                outer.headers.append(dict(self.headers.items()))
                 self.send_response(200)
                 if outer.mode == "chunked":
                     self.send_header("Transfer-Encoding", "chunked")
@@ -102,6 +104,28 @@ def test_keep_alive_reuses_one_connection(server: Server) -> None:
         pool.close()
     assert server.connections == 1
     assert [p for _, p, _ in server.requests] == [f"/b/k{i}?sig=x" for i in range(5)]
+
+
+def test_a_handle_reused_for_other_methods_sends_each_request_as_asked(server: Server) -> None:
+    # a GET after a GET keeps the handle's options; a PUT in between resets them, so
+    # the next GET is neither an upload nor sent with the PUT's headers
+    pool = ConnectionPool(timeout=5, connect_timeout=5, max_idle=1)  # one handle for all
+    url = f"http://127.0.0.1:{server.port}/b/k"
+    try:
+        assert pool.request("GET", url, {"X-Trace": "a"}).body == BODY
+        assert pool.request("PUT", url, {"X-Put": "1"}, b"uploaded").status == 200
+        assert pool.request("GET", url, {}).body == BODY
+        assert pool.request("GET", url, {}, max_bytes=len(BODY)).body == BODY
+    finally:
+        pool.close()
+    assert server.requests == [
+        ("GET", "/b/k", b""),
+        ("PUT", "/b/k", b"uploaded"),
+        ("GET", "/b/k", b""),
+        ("GET", "/b/k", b""),
+    ]
+    assert [h.get("X-Put") for h in server.headers] == [None, "1", None, None]
+    assert [h.get("X-Trace") for h in server.headers] == ["a", None, None, None]
 
 
 def test_a_connection_the_server_closes_is_not_reused(server: Server) -> None:

@@ -253,6 +253,18 @@ def _plain(url: str, parts: SplitResult) -> bool:
     )
 
 
+def _origin(url: str) -> str | None:
+    """``scheme://authority/`` where the authority ends at a slash (else None): two URLs
+    that start with the same one name the same host and port to any parser."""
+    start = url.find("://")
+    end = url.find("/", start + 3) if start > 0 else -1
+    if end < 0:
+        return None
+    origin = url[: end + 1]
+    return None if "?" in origin or "#" in origin else origin
+
+
+_MAX_ORIGINS = 64
 _EXPIRED_MARKERS = (b"expired", b"Expired", b"ExpiredToken", b"not valid at this time")
 
 Refresh = Callable[[SignedURL], SignedURL]
@@ -276,6 +288,7 @@ class Fetcher:
     ) -> None:
         install_redaction()
         self._allow = self._parse_allowlist(allowed_hosts)
+        self._origins: set[str] = set()  # origins of URLs the guard let through
         self.retry = retry or RetryPolicy()
         self.refresh = refresh
         self.refresh_margin = refresh_margin
@@ -413,19 +426,7 @@ class Fetcher:
 
     def _send(self, url: SignedURL, name: str, body: bytes | None = None) -> Reply:
         """One guarded exchange: the host is checked before a connection is opened."""
-        parts = urlsplit(url.url)
-        host = (parts.hostname or "").lower()
-        why = (
-            None
-            if _plain(url.url, parts)
-            else "not a plain http(s) URL (user info, a bad port, a backslash or white space)"
-        )
-        if why is not None or not self._allowed(host, parts.port):
-            EGRESS_REFUSED.inc()
-            log.warning(
-                "egress refused: host %s%s", host, f": {why}" if why else " is not on the allowlist"
-            )
-            raise EgressRefusedError(host, why)
+        self._guard(url.url)
         try:
             reply = self._pool.request(
                 url.method, url.url, dict(url.headers), body, max_bytes=self.max_bytes
@@ -437,6 +438,26 @@ class Fetcher:
             raise _RetryableError(f"{what} ({exc.kind})") from None
         self._check(reply, name)
         return reply
+
+    def _guard(self, url: str) -> None:
+        origin = _origin(url)
+        if origin in self._origins and not _UNSAFE_IN_URL.intersection(url):
+            return  # the same scheme, host and port as a URL checked in full before
+        parts = urlsplit(url)
+        host = (parts.hostname or "").lower()
+        why = (
+            None
+            if _plain(url, parts)
+            else "not a plain http(s) URL (user info, a bad port, a backslash or white space)"
+        )
+        if why is not None or not self._allowed(host, parts.port):
+            EGRESS_REFUSED.inc()
+            log.warning(
+                "egress refused: host %s%s", host, f": {why}" if why else " is not on the allowlist"
+            )
+            raise EgressRefusedError(host, why)
+        if origin is not None and len(self._origins) < _MAX_ORIGINS:
+            self._origins.add(origin)
 
     def _get(self, url: SignedURL, signed: SignedURL, name: str | None) -> bytes:
         return self._send(url, name or signed.key).body

@@ -8,7 +8,7 @@ samples exist at once, whatever the dataset size; only the (N, D) embeddings gro
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,10 +19,8 @@ import torch
 from sift_worker.imaging import CorruptImage
 from sift_worker.keystream import KeyStream
 from sift_worker.models import EmbeddingModel, embed_batch
-from sift_worker.prefetch import Prefetcher
 from sift_worker.progress import StageProgress
 from sift_worker.sources.samples import ObjectReader, SampleRef, iter_decoded_samples
-from sift_worker.sources.video import VIDEO_EXTENSIONS
 
 if TYPE_CHECKING:
     from sift_worker.checkpoint import Checkpoint
@@ -65,14 +63,11 @@ def embed_samples(
     every_n: int = 1,
     max_frames: int | None = None,
     checkpoint: Checkpoint | None = None,
-    prefetch_workers: int = 0,
 ) -> Embedded:
     """Embed every sample; videos expand into frames (``every_n``, ``max_frames``).
 
     With a ``checkpoint``, chunks a previous attempt saved are loaded instead of
     embedded, and each chunk of ``checkpoint.chunk_samples`` samples is saved once done.
-    With ``prefetch_workers`` (object storage only), that many threads read images ahead
-    of the ``decode_workers`` (:mod:`sift_worker.prefetch`).
     """
     size = model.input_size
     rows = _Rows(model.embedding_dim, expected)
@@ -103,9 +98,8 @@ def embed_samples(
             stage.advance(filled)
             filled = 0
 
-    reader, prefetcher = _prefetching(root, itertools.islice(todo, start, None), prefetch_workers)
     stream = iter_decoded_samples(
-        reader,
+        root,
         itertools.islice(todo, start, None),
         size,
         workers=decode_workers,
@@ -113,23 +107,19 @@ def embed_samples(
         every_n=every_n,
         max_frames=max_frames,
     )
-    try:
-        for ref, item in stream:
-            if saver.crossing(ref):
-                flush()
-                saver.save_done()
-            if isinstance(item, CorruptImage):
-                corrupt.append((ref.id, item.reason))
-                stage.advance(1)
-                continue
-            batch[filled] = item
-            filled += 1
-            refs.append(ref)
-            if filled == batch_size:
-                flush()
-    finally:
-        if prefetcher is not None:
-            prefetcher.close()
+    for ref, item in stream:
+        if saver.crossing(ref):
+            flush()
+            saver.save_done()
+        if isinstance(item, CorruptImage):
+            corrupt.append((ref.id, item.reason))
+            stage.advance(1)
+            continue
+        batch[filled] = item
+        filled += 1
+        refs.append(ref)
+        if filled == batch_size:
+            flush()
     flush()
     saver.finish()
     return Embedded([r.id for r in refs], rows.data[: rows.size], corrupt, refs)
@@ -196,42 +186,6 @@ class _ChunkSaver:
         )
         self.index += 1
         self.marks = (self.rows.size, len(self.refs), len(self.corrupt))
-
-
-def _prefetching(
-    root: Path | ObjectReader, todo: Iterable[str | SampleRef], workers: int
-) -> tuple[Path | ObjectReader, Prefetcher | None]:
-    """The reader the decoders use: with fetchers reading images ahead, where asked."""
-    if workers <= 0 or isinstance(root, Path):
-        return root, None
-    prefetcher = Prefetcher(root.read_bytes, _image_files(todo), workers=workers)
-    return _Prefetched(root, prefetcher), prefetcher
-
-
-def _image_files(todo: Iterable[str | SampleRef]) -> Iterator[str]:
-    """The files the decoders will read whole, in order (an image's objects: once)."""
-    last = None
-    for item in todo:
-        file = item if isinstance(item, str) else None if item.frame is not None else item.file
-        if file is None or file == last or Path(file).suffix.lower() in VIDEO_EXTENSIONS:
-            continue
-        last = file
-        yield file
-
-
-class _Prefetched:
-    """An ObjectReader whose whole-object reads come from a Prefetcher."""
-
-    def __init__(self, inner: ObjectReader, prefetcher: Prefetcher) -> None:
-        self.inner = inner
-        self.prefetcher = prefetcher
-        self.max_copies = inner.max_copies
-
-    def read_bytes(self, name: str) -> bytes:
-        return self.prefetcher.read_bytes(name)
-
-    def temp_copy(self, name: str) -> Path:
-        return self.inner.temp_copy(name)
 
 
 def _belongs(sample: str | SampleRef, ref: SampleRef) -> bool:

@@ -80,7 +80,6 @@ log = logging.getLogger("sift.run")
 
 REPORT_THUMBNAILS = 500
 REMOTE_EXTRA_WORKERS = 6  # fetch threads beyond the decode workers for object storage
-PREFETCH_WORKERS = 8  # threads reading images ahead of the decoders (object storage)
 CHECKPOINT_SAMPLES = 1024  # embeddings are saved every this many input samples
 
 
@@ -317,18 +316,12 @@ def _embed_all(
             samples,
             model,
             batch_size=emb.batch_size,
-            decode_workers=(
-                # a video is copied to disk by its decoder: more threads than cores then
-                _fetching_workers(settings, input_dir)
-                if spec.type == "videos"
-                else settings.decode_workers
-            ),
+            decode_workers=_fetching_workers(settings, input_dir),
             stage=stage,
             expected=total or 0,
             every_n=frames.every_n_frames if frames else 1,
             max_frames=frames.max_frames_per_video if frames else None,
             checkpoint=checkpoint,
-            prefetch_workers=0 if isinstance(input_dir, Path) else PREFETCH_WORKERS,
         )
     for name, reason in embedded.corrupt:
         log.warning("skipped corrupt sample %s: %s", name, reason)

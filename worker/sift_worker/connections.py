@@ -9,8 +9,7 @@ httpx stays the client of the broker and the results API, a few requests a secon
 
 This module only moves bytes: the egress guard, retries, URL refresh and the messages
 live in :mod:`sift_worker.fetch`. Each request is configured from scratch on a pooled
-handle (its kept-alive connection survives the reset; a GET after a GET only sets the URL,
-headers and callbacks anew): HTTP and HTTPS only, no
+handle (its kept-alive connection survives the reset): HTTP and HTTPS only, no
 redirects, no proxy (the environment's proxy variables are ignored, as by the worker's
 httpx transports), TLS verified against the same CAs as httpx's default (certifi, or
 ``SSL_CERT_FILE`` / ``SSL_CERT_DIR``). A dead kept-alive connection is replaced by
@@ -124,7 +123,7 @@ class ConnectionPool:
         self.timeout = timeout
         self.connect_timeout = connect_timeout
         self.max_idle = max(1, max_idle)
-        self._idle: list[_Handle] = []
+        self._idle: list[pycurl.Curl] = []
         self._lock = threading.Lock()
         self._closed = False
         # httpx's rule (httpx.create_ssl_context): SSL_CERT_FILE, else SSL_CERT_DIR, else certifi
@@ -151,10 +150,10 @@ class ConnectionPool:
         exchange = _Exchange(max_bytes)
         try:
             self._configure(handle, method, url, headers, body, exchange)
-            handle.curl.perform()
+            handle.perform()
         except pycurl.error as exc:
             code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else -1
-            connected = handle.curl.getinfo(pycurl.CONNECT_TIME) > 0
+            connected = handle.getinfo(pycurl.CONNECT_TIME) > 0
             self._discard(handle)
             if exchange.too_large:
                 raise BodyTooLargeError(exchange.too_large) from None
@@ -162,8 +161,8 @@ class ConnectionPool:
         except BaseException:
             self._discard(handle)
             raise
-        status = int(handle.curl.getinfo(pycurl.RESPONSE_CODE))
-        wait = int(handle.curl.getinfo(pycurl.RETRY_AFTER))  # seconds, from a delta or a date
+        status = int(handle.getinfo(pycurl.RESPONSE_CODE))
+        wait = int(handle.getinfo(pycurl.RETRY_AFTER))  # seconds, from a delta or a date
         self._give_back(handle)
         headers = {"retry-after": str(wait)} if wait > 0 else {}
         return Reply(status, headers, b"".join(exchange.chunks))
@@ -173,90 +172,69 @@ class ConnectionPool:
             self._closed = True
             idle, self._idle = self._idle, []
         for handle in idle:
-            handle.curl.close()
+            handle.close()
 
     # --- internals ----------------------------------------------------------------------
 
     def _configure(
         self,
-        handle: _Handle,
+        handle: pycurl.Curl,
         method: str,
         url: str,
         headers: Mapping[str, str],
         body: bytes | None,
         exchange: _Exchange,
     ) -> None:
-        lines = [f"{k}: {v}" for k, v in headers.items()]
-        if method == "GET" and handle.get_ready:
-            # the handle's last request was a GET with the same fixed options: only what
-            # differs per request is set (a reset and 14 options cost ~0.05 ms a request)
-            self._per_request(handle.curl, url, lines, exchange)
-            return
-        handle.get_ready = method == "GET"
-        curl = handle.curl
-        curl.reset()  # every option back to its default; the connection cache stays
-        curl.setopt(pycurl.PROTOCOLS, pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS)
-        curl.setopt(pycurl.NOSIGNAL, 1)  # threads: no SIGALRM for timeouts
-        curl.setopt(pycurl.PROXY, "")  # never a proxy from the environment
-        curl.setopt(pycurl.HTTP_VERSION, pycurl.CURL_HTTP_VERSION_1_1)
-        curl.setopt(pycurl.CONNECTTIMEOUT_MS, max(1, int(self.connect_timeout * 1000)))
+        handle.reset()  # every option back to its default; the connection cache stays
+        handle.setopt(pycurl.URL, url)
+        handle.setopt(pycurl.PROTOCOLS, pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS)
+        handle.setopt(pycurl.NOSIGNAL, 1)  # threads: no SIGALRM for timeouts
+        handle.setopt(pycurl.PROXY, "")  # never a proxy from the environment
+        handle.setopt(pycurl.HTTP_VERSION, pycurl.CURL_HTTP_VERSION_1_1)
+        handle.setopt(pycurl.CONNECTTIMEOUT_MS, max(1, int(self.connect_timeout * 1000)))
         # a read timeout: abort when under 1 byte/s arrived for `timeout` seconds
-        curl.setopt(pycurl.LOW_SPEED_LIMIT, 1)
-        curl.setopt(pycurl.LOW_SPEED_TIME, max(1, round(self.timeout)))
+        handle.setopt(pycurl.LOW_SPEED_LIMIT, 1)
+        handle.setopt(pycurl.LOW_SPEED_TIME, max(1, round(self.timeout)))
         if self._ca_file:
-            curl.setopt(pycurl.CAINFO, self._ca_file)
+            handle.setopt(pycurl.CAINFO, self._ca_file)
         if self._ca_dir:
-            curl.setopt(pycurl.CAPATH, self._ca_dir)
-        curl.setopt(pycurl.BUFFERSIZE, _BUFFER)
+            handle.setopt(pycurl.CAPATH, self._ca_dir)
+        handle.setopt(pycurl.BUFFERSIZE, _BUFFER)
+        handle.setopt(pycurl.HEADERFUNCTION, exchange.header)
+        handle.setopt(pycurl.WRITEFUNCTION, exchange.write)
+        lines = [f"{k}: {v}" for k, v in headers.items()]
         if method == "GET":
-            curl.setopt(pycurl.HTTPGET, 1)
+            handle.setopt(pycurl.HTTPGET, 1)
         elif method == "HEAD":
-            curl.setopt(pycurl.NOBODY, 1)
+            handle.setopt(pycurl.NOBODY, 1)
         elif method == "PUT":
             data = body or b""
-            curl.setopt(pycurl.UPLOAD, 1)
-            curl.setopt(pycurl.INFILESIZE_LARGE, len(data))
+            handle.setopt(pycurl.UPLOAD, 1)
+            handle.setopt(pycurl.INFILESIZE_LARGE, len(data))
             reader = _Reader(data)
-            curl.setopt(pycurl.READFUNCTION, reader.read)
-            curl.setopt(pycurl.SEEKFUNCTION, reader.seek)  # a resend on a fresh connection
+            handle.setopt(pycurl.READFUNCTION, reader.read)
+            handle.setopt(pycurl.SEEKFUNCTION, reader.seek)  # a resend on a fresh connection
             lines.append("Expect:")  # no 100-continue round trip: the URL is signed already
         else:
             raise TransportError("UnsupportedProtocol")
-        self._per_request(curl, url, lines, exchange)
-
-    @staticmethod
-    def _per_request(handle: pycurl.Curl, url: str, lines: list[str], exchange: _Exchange) -> None:
-        handle.setopt(pycurl.URL, url)
-        handle.setopt(pycurl.HEADERFUNCTION, exchange.header)
-        handle.setopt(pycurl.WRITEFUNCTION, exchange.write)
         handle.setopt(pycurl.HTTPHEADER, lines)
 
-    def _take(self) -> _Handle:
+    def _take(self) -> pycurl.Curl:
         with self._lock:
             if self._idle:
                 return self._idle.pop()
-        return _Handle(pycurl.Curl())
+        return pycurl.Curl()
 
-    def _give_back(self, handle: _Handle) -> None:
+    def _give_back(self, handle: pycurl.Curl) -> None:
         with self._lock:
             if not self._closed and len(self._idle) < self.max_idle:
                 self._idle.append(handle)
                 return
-        handle.curl.close()
+        handle.close()
 
     @staticmethod
-    def _discard(handle: _Handle) -> None:
-        handle.curl.close()  # its connection may be mid-answer: never reused
-
-
-class _Handle:
-    """A pooled curl handle; ``get_ready``: its options are a GET's (set after a reset)."""
-
-    __slots__ = ("curl", "get_ready")
-
-    def __init__(self, curl: pycurl.Curl) -> None:
-        self.curl = curl
-        self.get_ready = False
+    def _discard(handle: pycurl.Curl) -> None:
+        handle.close()  # its connection may be mid-answer: never reused
 
 
 class _Reader:

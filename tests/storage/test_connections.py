@@ -34,6 +34,8 @@ class Server:
         self.requests: list[tuple[str, str, bytes]] = []  # method, path, body
         self.headers: list[dict[str, str]] = []  # each request's headers
         self.mode = "length"  # "length" | "chunked" | "close-after" | "drop-after"
+        self.status = 200
+        self.body = BODY
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -48,22 +50,22 @@ class Server:
                 body = self.rfile.read(length) if length else b""
                 outer.requests.append((self.command, self.path, body))
                 outer.headers.append(dict(self.headers.items()))
-                self.send_response(200)
+                self.send_response(outer.status)
                 if outer.mode == "chunked":
                     self.send_header("Transfer-Encoding", "chunked")
                     self.end_headers()
-                    for i in range(0, len(BODY), 10_000):
-                        part = BODY[i : i + 10_000]
+                    for i in range(0, len(outer.body), 10_000):
+                        part = outer.body[i : i + 10_000]
                         self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
                     self.wfile.write(b"0\r\n\r\n")
                     return
-                self.send_header("Content-Length", str(len(BODY)))
+                self.send_header("Content-Length", str(len(outer.body)))
                 if outer.mode == "close-after":
                     self.send_header("Connection", "close")
                 if outer.mode != "length":
                     self.close_connection = True
                 self.end_headers()
-                self.wfile.write(BODY)
+                self.wfile.write(outer.body)
 
             do_GET = do_PUT = _serve  # noqa: N815
 
@@ -172,12 +174,26 @@ def test_chunked_bodies_and_the_size_limit(server: Server) -> None:
         assert pool.request("GET", url, {}, max_bytes=len(BODY)).body == BODY
         with pytest.raises(BodyTooLargeError, match="over 1000 bytes"):
             pool.request("GET", url, {}, max_bytes=1000)
-        server.mode = "length"
-        with pytest.raises(BodyTooLargeError, match="51200 bytes"):
+        server.mode = "length"  # refused on the declared length, before the body
+        with pytest.raises(BodyTooLargeError, match="over 1000 bytes"):
             pool.request("GET", url, {}, max_bytes=1000)
         assert pool.request("GET", url, {}).body == BODY  # the pool is still usable
     finally:
         pool.close()
+
+
+@pytest.mark.parametrize("mode", ["length", "chunked"])
+def test_an_error_answer_keeps_its_status_and_the_start_of_a_long_body(
+    server: Server, mode: str
+) -> None:
+    server.mode, server.status, server.body = mode, 503, b"<Error>" + b"x" * 100_000
+    pool = _pool()
+    try:
+        reply = pool.request("GET", f"http://127.0.0.1:{server.port}/k", {}, max_bytes=1 << 20)
+    finally:
+        pool.close()
+    assert reply.status == 503
+    assert reply.body == server.body[: 64 << 10]
 
 
 def test_fetcher_names_the_object_when_it_is_too_large(server: Server) -> None:
@@ -189,7 +205,7 @@ def test_fetcher_names_the_object_when_it_is_too_large(server: Server) -> None:
     )
     with Fetcher({"127.0.0.1"}, max_bytes=100) as client, pytest.raises(FetchError) as exc:
         client.get_bytes(url, "s3://b/big.jpg")
-    assert str(exc.value) == "s3://b/big.jpg: object too large: 51200 bytes"
+    assert str(exc.value) == "s3://b/big.jpg: object too large: over 100 bytes"
     assert "canarysig" not in str(exc.value)
 
 

@@ -29,7 +29,7 @@ import pycurl
 __all__ = ["BodyTooLargeError", "ConnectionPool", "Reply", "TransportError"]
 
 _BUFFER = 256 << 10  # bytes per write callback (libcurl's default is 16 kB)
-_ERROR_BODY_LIMIT = 64 << 10  # a refusal's body is kept up to this
+_ERROR_BODY_LIMIT = 64 << 10  # a refusal's body is kept up to this (read up to max_bytes)
 
 _CONNECT_ERRORS = {
     pycurl.E_COULDNT_RESOLVE_HOST,
@@ -71,43 +71,27 @@ class Reply:
 
 
 class _Exchange:
-    """The callbacks' state for one request."""
+    """The write callback's state for one request.
 
-    __slots__ = ("chunks", "limit", "max_bytes", "received", "status", "too_large")
+    No header callback: libcurl would call into Python (taking the GIL) for every header
+    line, a dozen times an object, and on a busy core each is a thread switch. A declared
+    Content-Length over the limit is refused by libcurl itself (``MAXFILESIZE``); the
+    status is only known after the transfer, so an error body is cut to its limit then.
+    """
+
+    __slots__ = ("chunks", "limit", "received", "too_large")
 
     def __init__(self, max_bytes: int | None) -> None:
-        self.max_bytes = max_bytes
         self.limit = max_bytes
         self.chunks: list[bytes] = []
         self.received = 0
-        self.status = 0
         self.too_large = ""
-
-    def header(self, line: bytes) -> int | None:
-        first = line[:1]
-        if first == b"H" and line.startswith(b"HTTP/"):  # a new response (after a 100, too)
-            parts = line.split(None, 2)
-            self.status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
-            self.limit = self.max_bytes if self.status < 300 else _ERROR_BODY_LIMIT
-        elif (
-            (first == b"c" or first == b"C")
-            and self.status < 300
-            and self.limit is not None
-            and line[:15].lower() == b"content-length:"
-        ):
-            value = line[15:].strip()
-            if value.isdigit() and int(value) > self.limit:
-                self.too_large = f"{value.decode()} bytes"
-                return 0  # a short count aborts the transfer before the body
-        return None  # every other line: libcurl keeps what we need (Retry-After)
 
     def write(self, data: bytes) -> int | None:
         self.received += len(data)
         if self.limit is not None and self.received > self.limit:
-            if self.status < 300:
-                self.too_large = f"over {self.limit} bytes"
-                return 0
-            return None  # an error body past the limit: dropped, the answer still counts
+            self.too_large = f"over {self.limit} bytes"
+            return 0
         self.chunks.append(data)
         return None
 
@@ -157,6 +141,8 @@ class ConnectionPool:
             self._discard(handle)
             if exchange.too_large:
                 raise BodyTooLargeError(exchange.too_large) from None
+            if code == pycurl.E_FILESIZE_EXCEEDED:  # the declared length; libcurl keeps none
+                raise BodyTooLargeError(f"over {max_bytes} bytes") from None
             raise _transport_error(code, connected) from None
         except BaseException:
             self._discard(handle)
@@ -165,7 +151,8 @@ class ConnectionPool:
         wait = int(handle.getinfo(pycurl.RETRY_AFTER))  # seconds, from a delta or a date
         self._give_back(handle)
         headers = {"retry-after": str(wait)} if wait > 0 else {}
-        return Reply(status, headers, b"".join(exchange.chunks))
+        body = b"".join(exchange.chunks)
+        return Reply(status, headers, body if status < 300 else body[:_ERROR_BODY_LIMIT])
 
     def close(self) -> None:
         with self._lock:
@@ -200,11 +187,12 @@ class ConnectionPool:
         if self._ca_dir:
             handle.setopt(pycurl.CAPATH, self._ca_dir)
         handle.setopt(pycurl.BUFFERSIZE, _BUFFER)
-        handle.setopt(pycurl.HEADERFUNCTION, exchange.header)
         handle.setopt(pycurl.WRITEFUNCTION, exchange.write)
         lines = [f"{k}: {v}" for k, v in headers.items()]
         if method == "GET":
             handle.setopt(pycurl.HTTPGET, 1)
+            if exchange.limit is not None:
+                handle.setopt(pycurl.MAXFILESIZE_LARGE, exchange.limit)
         elif method == "HEAD":
             handle.setopt(pycurl.NOBODY, 1)
         elif method == "PUT":

@@ -85,6 +85,11 @@ def test_rotated_temporary_keys_are_used_for_the_next_url() -> None:
     verify("GET", rotated, "AK2", "SK2")
     with pytest.raises(Refused):
         verify("GET", rotated, "AK2", "SK")  # the old secret no longer matches
+    # the same second, back to the first keys and another lifetime: nothing is carried over
+    again = fast.sign("k", 60, Keys("AK", "SK", "t1"), now)
+    query = dict(parse_qsl(urlsplit(again).query))
+    assert (query["X-Amz-Security-Token"], query["X-Amz-Expires"]) == ("t1", "60")
+    verify("GET", again, "AK", "SK")
 
 
 @pytest.mark.parametrize(

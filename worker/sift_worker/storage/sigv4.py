@@ -60,6 +60,9 @@ class FastGetSigner:
         self.scheme, self.host, self.bucket_path = scheme, host, bucket_path
         self.region, self.service = region, service
         self._day_key: tuple[str, str, bytes] | None = None  # (day, secret digest, key)
+        # the query of the last second's URLs: the same for every key (quoting it was
+        # half of a URL's cost)
+        self._query: tuple[tuple[str, str, int, str | None], list[str], str] | None = None
 
     @classmethod
     def learn(cls, reference_url: str, full_key: str, keys: Keys) -> FastGetSigner | None:
@@ -93,6 +96,24 @@ class FastGetSigner:
         stamp = now.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
         day = stamp[:8]
         scope = f"{day}/{self.region}/{self.service}/aws4_request"
+        encoded, canonical_query = self._query_of(stamp, scope, expires_seconds, keys)
+        path = self.bucket_path + quote_key(full_key)
+        canonical = f"GET\n{path}\n{canonical_query}\nhost:{self.host}\n\nhost\nUNSIGNED-PAYLOAD"
+        to_sign = "\n".join(
+            (ALGORITHM, stamp, scope, hashlib.sha256(canonical.encode()).hexdigest())
+        )
+        signature = hmac.digest(self._signing_key(day, keys), to_sign.encode(), "sha256").hex()
+        query = "&".join(encoded)
+        return f"{self.scheme}://{self.host}{path}?{query}&X-Amz-Signature={signature}"
+
+    def _query_of(
+        self, stamp: str, scope: str, expires_seconds: int, keys: Keys
+    ) -> tuple[list[str], str]:
+        """The URL's query parameters (botocore's order) and their canonical form."""
+        wanted = (stamp, keys.access_key, expires_seconds, keys.token)
+        cached = self._query
+        if cached is not None and cached[0] == wanted:
+            return cached[1], cached[2]
         params = [
             ("X-Amz-Algorithm", ALGORITHM),
             ("X-Amz-Credential", f"{keys.access_key}/{scope}"),
@@ -102,16 +123,10 @@ class FastGetSigner:
         ]
         if keys.token:
             params.append(("X-Amz-Security-Token", keys.token))
-        encoded = [f"{_quote(k)}={_quote(v)}" for k, v in params]  # botocore's URL order
+        encoded = [f"{_quote(k)}={_quote(v)}" for k, v in params]
         canonical_query = "&".join(sorted(encoded))  # the signature sorts them
-        path = self.bucket_path + quote_key(full_key)
-        canonical = f"GET\n{path}\n{canonical_query}\nhost:{self.host}\n\nhost\nUNSIGNED-PAYLOAD"
-        to_sign = "\n".join(
-            (ALGORITHM, stamp, scope, hashlib.sha256(canonical.encode()).hexdigest())
-        )
-        signature = hmac.new(self._signing_key(day, keys), to_sign.encode(), hashlib.sha256)
-        query = "&".join(encoded)
-        return f"{self.scheme}://{self.host}{path}?{query}&X-Amz-Signature={signature.hexdigest()}"
+        self._query = (wanted, encoded, canonical_query)
+        return encoded, canonical_query
 
     def _signing_key(self, day: str, keys: Keys) -> bytes:
         digest = hashlib.sha256(keys.secret_key.encode()).hexdigest()

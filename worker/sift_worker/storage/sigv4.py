@@ -62,7 +62,7 @@ class FastGetSigner:
         self._day_key: tuple[str, str, bytes] | None = None  # (day, secret digest, key)
         # the query of the last second's URLs: the same for every key (quoting it was
         # half of a URL's cost)
-        self._query: tuple[tuple[str, str, int, str | None], list[str], str] | None = None
+        self._query: tuple[tuple[str, str, int, str | None], tuple[str, ...], str] | None = None
 
     @classmethod
     def learn(cls, reference_url: str, full_key: str, keys: Keys) -> FastGetSigner | None:
@@ -108,7 +108,7 @@ class FastGetSigner:
 
     def _query_of(
         self, stamp: str, scope: str, expires_seconds: int, keys: Keys
-    ) -> tuple[list[str], str]:
+    ) -> tuple[tuple[str, ...], str]:
         """The URL's query parameters (botocore's order) and their canonical form."""
         wanted = (stamp, keys.access_key, expires_seconds, keys.token)
         cached = self._query
@@ -123,7 +123,7 @@ class FastGetSigner:
         ]
         if keys.token:
             params.append(("X-Amz-Security-Token", keys.token))
-        encoded = [f"{_quote(k)}={_quote(v)}" for k, v in params]
+        encoded = tuple(f"{_quote(k)}={_quote(v)}" for k, v in params)
         canonical_query = "&".join(sorted(encoded))  # the signature sorts them
         self._query = (wanted, encoded, canonical_query)
         return encoded, canonical_query

@@ -169,7 +169,16 @@ def test_a_pending_report_is_finished_by_the_report_job(
     finally:
         node.hold = lambda job: False
         node.env.pop("SIFT_REPORT_RETRY_BUDGET", None)
-    run = cluster.wait_run(ns, "later", lambda r: _reported(r) == "True/Reported", "reported", 90)
+    try:
+        run = cluster.wait_run(
+            ns, "later", lambda r: _reported(r) == "True/Reported", "reported", 90
+        )
+    except AssertionError as exc:  # seen once in CI (stop 16): say what the node did
+        raise AssertionError(
+            f"{exc}\nnode error: {node.error!r}; report Job outcome: "
+            f"{node.outcomes.get('sift-later-report')}; its log: "
+            f"{(node.logs.get('sift-later-report') or '')[-2000:]}"
+        ) from None
     assert node.outcomes.get("sift-later-report") == 0, node.logs.get("sift-later-report")
     chunks = receiver.store.chunk_indices(uid)
     assert chunks

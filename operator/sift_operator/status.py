@@ -222,7 +222,12 @@ def parse_report_message(message: Any) -> ReportState | None:
 
 
 def report_state(pods: Sequence[Mapping[str, Any]]) -> ReportState | None:
-    """The newest report state among the pods' terminated worker containers."""
+    """The newest report state among the pods' terminated worker containers.
+
+    ``finishedAt`` has whole seconds: a report pod can end in the second its worker pod
+    ended, so on a tie the pod later in ``pods`` (the worker's first, then the report
+    Job's) wins.
+    """
     found: list[ReportState] = []
     for pod in pods:
         for cs in (pod.get("status") or {}).get("containerStatuses") or ():
@@ -233,7 +238,9 @@ def report_state(pods: Sequence[Mapping[str, Any]]) -> ReportState | None:
             if state is not None:
                 finished = str(term.get("finishedAt") or "")
                 found.append(ReportState(**{**state.__dict__, "finished": finished}))
-    return max(found, key=lambda s: s.finished) if found else None
+    if not found:
+        return None
+    return max(reversed(found), key=lambda s: s.finished)  # max keeps the first of equals
 
 
 def _stamp(value: Any) -> datetime | None:

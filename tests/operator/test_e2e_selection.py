@@ -45,6 +45,17 @@ def _demo_run(namespace: str, name: str, receiver: ReceiverThread | None = None)
     return run
 
 
+def _pod_states(cluster: Cluster, namespace: str) -> list[tuple[str, str, str]]:
+    """(name, resourceVersion, termination message) of every pod, for a failure message."""
+    out = []
+    for pod in cluster.kube.list("pods", namespace):
+        statuses = (pod.get("status") or {}).get("containerStatuses") or [{}]
+        term = (statuses[0].get("state") or {}).get("terminated") or {}
+        meta = pod["metadata"]
+        out.append((meta["name"], str(meta.get("resourceVersion")), str(term.get("message"))))
+    return out
+
+
 def _token_secret(namespace: str) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
@@ -177,7 +188,8 @@ def test_a_pending_report_is_finished_by_the_report_job(
         raise AssertionError(
             f"{exc}\nnode error: {node.error!r}; report Job outcome: "
             f"{node.outcomes.get('sift-later-report')}; its log: "
-            f"{(node.logs.get('sift-later-report') or '')[-2000:]}"
+            f"{(node.logs.get('sift-later-report') or '')[-2000:]}\n"
+            f"the API server's pods: {_pod_states(cluster, ns)}"
         ) from None
     assert node.outcomes.get("sift-later-report") == 0, node.logs.get("sift-later-report")
     chunks = receiver.store.chunk_indices(uid)

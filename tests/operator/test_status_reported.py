@@ -82,6 +82,23 @@ def test_the_newest_terminated_worker_container_wins() -> None:
     assert report_state([ended(None)]) is None
 
 
+@pytest.mark.parametrize(
+    ("order", "expected"),
+    [
+        (["Pending", "Reported"], "Reported"),  # the worker's pod, then the report Job's
+        (["Reported", "Pending"], "Pending"),
+        (["Pending", "Pending", "Reported"], "Reported"),
+    ],
+)
+def test_on_a_tie_of_finished_at_the_later_pod_wins(order: list[str], expected: str) -> None:
+    """finishedAt has whole seconds: a report pod ending in its worker's second (the CI
+    flake of stop 16) must not leave the run Retrying."""
+    pods = [ended(message(reported), "2026-12-01T10:00:00Z") for reported in order]
+    state = report_state(pods)
+    assert state is not None
+    assert state.reported == expected
+
+
 OK, FAIL, WORKING = True, False, None
 
 

@@ -62,7 +62,7 @@ class FastGetSigner:
         self._day_key: tuple[str, str, bytes] | None = None  # (day, secret digest, key)
         # the query of the last second's URLs: the same for every key (quoting it was
         # half of a URL's cost)
-        self._query: tuple[tuple[str, str, int, str | None], tuple[str, ...], str] | None = None
+        self._query: tuple[tuple[str, str, int, str | None], str, str] | None = None
 
     @classmethod
     def learn(cls, reference_url: str, full_key: str, keys: Keys) -> FastGetSigner | None:
@@ -96,20 +96,19 @@ class FastGetSigner:
         stamp = now.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
         day = stamp[:8]
         scope = f"{day}/{self.region}/{self.service}/aws4_request"
-        encoded, canonical_query = self._query_of(stamp, scope, expires_seconds, keys)
+        query, canonical_query = self._query_of(stamp, scope, expires_seconds, keys)
         path = self.bucket_path + quote_key(full_key)
         canonical = f"GET\n{path}\n{canonical_query}\nhost:{self.host}\n\nhost\nUNSIGNED-PAYLOAD"
         to_sign = "\n".join(
             (ALGORITHM, stamp, scope, hashlib.sha256(canonical.encode()).hexdigest())
         )
         signature = hmac.digest(self._signing_key(day, keys), to_sign.encode(), "sha256").hex()
-        query = "&".join(encoded)
         return f"{self.scheme}://{self.host}{path}?{query}&X-Amz-Signature={signature}"
 
     def _query_of(
         self, stamp: str, scope: str, expires_seconds: int, keys: Keys
-    ) -> tuple[tuple[str, ...], str]:
-        """The URL's query parameters (botocore's order) and their canonical form."""
+    ) -> tuple[str, str]:
+        """The URL's query (its parameters in botocore's order) and its canonical form."""
         wanted = (stamp, keys.access_key, expires_seconds, keys.token)
         cached = self._query
         if cached is not None and cached[0] == wanted:
@@ -123,10 +122,10 @@ class FastGetSigner:
         ]
         if keys.token:
             params.append(("X-Amz-Security-Token", keys.token))
-        encoded = tuple(f"{_quote(k)}={_quote(v)}" for k, v in params)
-        canonical_query = "&".join(sorted(encoded))  # the signature sorts them
-        self._query = (wanted, encoded, canonical_query)
-        return encoded, canonical_query
+        encoded = [f"{_quote(k)}={_quote(v)}" for k, v in params]  # botocore's URL order
+        query, canonical_query = "&".join(encoded), "&".join(sorted(encoded))
+        self._query = (wanted, query, canonical_query)  # strings: safe to share across threads
+        return query, canonical_query
 
     def _signing_key(self, day: str, keys: Keys) -> bytes:
         digest = hashlib.sha256(keys.secret_key.encode()).hexdigest()

@@ -224,7 +224,11 @@ def s3rver_location(
 
 
 def pin(pid: int, cpu: int) -> None:
-    os.sched_setaffinity(pid, {cpu})
+    """Every thread of ``pid`` (Node's I/O and GC threads too) on ``cpu``; threads it
+    starts later inherit it."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(ProcessLookupError):
+            os.sched_setaffinity(int(tid), {cpu})
 
 
 # --- measurements -------------------------------------------------------------------------

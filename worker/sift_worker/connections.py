@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import certifi
 import pycurl
 
-__all__ = ["BodyTooLargeError", "ConnectionPool", "Reply", "TransportError"]
+__all__ = ["BodyTooLargeError", "ConnectionPool", "Exchange", "Reply", "TransportError"]
 
 _BUFFER = 256 << 10  # bytes per write callback (libcurl's default is 16 kB)
 _ERROR_BODY_LIMIT = 64 << 10  # a refusal's body is kept up to this (read up to max_bytes)
@@ -70,7 +70,7 @@ class Reply:
     body: bytes
 
 
-class _Exchange:
+class Exchange:
     """The write callback's state for one request.
 
     No header callback: libcurl would call into Python (taking the GIL) for every header
@@ -131,7 +131,7 @@ class ConnectionPool:
         :class:`Reply`.
         """
         handle = self._take()
-        exchange = _Exchange(max_bytes)
+        exchange = Exchange(max_bytes)
         try:
             self._configure(handle, method, url, headers, body, exchange)
             handle.perform()
@@ -154,6 +154,15 @@ class ConnectionPool:
         body = b"".join(exchange.chunks)
         return Reply(status, headers, body if status < 300 else body[:_ERROR_BODY_LIMIT])
 
+    def prepare_get(
+        self, handle: pycurl.Curl, url: str, headers: Mapping[str, str], max_bytes: int | None
+    ) -> Exchange:
+        """Configure ``handle`` for a GET as :meth:`request` would, for a caller that
+        drives it itself (a ``CurlMulti``: :mod:`sift_worker.readahead`)."""
+        exchange = Exchange(max_bytes)
+        self._configure(handle, "GET", url, headers, None, exchange)
+        return exchange
+
     def close(self) -> None:
         with self._lock:
             self._closed = True
@@ -170,7 +179,7 @@ class ConnectionPool:
         url: str,
         headers: Mapping[str, str],
         body: bytes | None,
-        exchange: _Exchange,
+        exchange: Exchange,
     ) -> None:
         handle.reset()  # every option back to its default; the connection cache stays
         handle.setopt(pycurl.URL, url)

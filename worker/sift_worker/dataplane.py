@@ -41,6 +41,7 @@ from sift_worker.broker_client import broker_signer_from_env
 from sift_worker.fetch import Fetcher, FetchError, ObjectGoneError
 from sift_worker.imaging import CorruptImage
 from sift_worker.keystream import KeyStream
+from sift_worker.readahead import ReadAhead
 from sift_worker.storage import (
     ListFilter,
     OutsidePrefixError,
@@ -118,6 +119,7 @@ class RemoteInput:
         # videos on disk at once: `max_copies` + the one being consumed fit in `scratch`
         self.max_copies = max(0, scratch // max_download - 1)
         self.listing_digest = ""  # SHA-256 of the accepted keys and sizes (checkpoint guard)
+        self._ahead: ReadAhead | None = None  # the current decode stream's read-ahead
 
     def uri(self, key: str = "") -> str:
         return self.storage.uri(key)
@@ -139,8 +141,29 @@ class RemoteInput:
         keys, self.listing_digest = stream.result()
         return keys
 
+    def will_read(self, name: str) -> None:
+        """A hint from the decode stream: ``read_bytes(name)`` follows, in hint order. The
+        object is fetched ahead (:mod:`sift_worker.readahead`, started by the first hint)."""
+        if self._ahead is None:
+            self._ahead = ReadAhead(self.fetcher, self._sign_one)
+        self._ahead.want(name)
+
+    def end_reads(self) -> None:
+        """The decode stream ended: stop reading ahead, drop what it did not ask for."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None:
+            ahead.close()
+
+    def _sign_one(self, name: str) -> SignedURL:
+        return self.signer.sign_inputs([name])[0]
+
     def read_bytes(self, name: str) -> bytes:
         """The object's bytes; a listed object that is gone reads as a corrupt sample."""
+        ahead = self._ahead
+        if ahead is not None:
+            body = ahead.take(name)
+            if body is not None:
+                return body
         signed = self.signer.sign_inputs([name])[0]
         try:
             return self.fetcher.get_bytes(signed, self.uri(name))

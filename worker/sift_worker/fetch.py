@@ -439,10 +439,32 @@ class Fetcher:
         self._check(reply, name)
         return reply
 
+    def permits(self, url: str) -> bool:
+        """Whether the egress guard lets ``url`` through, without counting or logging a
+        refusal: for a caller that sends requests itself (:mod:`sift_worker.readahead`)
+        and leaves a refused one to :meth:`get_bytes`, which reports it."""
+        return self._refusal(url) is None
+
+    @property
+    def pool(self) -> ConnectionPool:
+        return self._pool
+
     def _guard(self, url: str) -> None:
+        refusal = self._refusal(url)
+        if refusal is None:
+            return
+        host, why = refusal
+        EGRESS_REFUSED.inc()
+        log.warning(
+            "egress refused: host %s%s", host, f": {why}" if why else " is not on the allowlist"
+        )
+        raise EgressRefusedError(host, why)
+
+    def _refusal(self, url: str) -> tuple[str, str | None] | None:
+        """None for an allowed URL, else the host and why (None: not on the allowlist)."""
         origin = _origin(url)
         if origin in self._origins and not _UNSAFE_IN_URL.intersection(url):
-            return  # the same scheme, host and port as a URL checked in full before
+            return None  # the same scheme, host and port as a URL checked in full before
         parts = urlsplit(url)
         host = (parts.hostname or "").lower()
         why = (
@@ -451,13 +473,10 @@ class Fetcher:
             else "not a plain http(s) URL (user info, a bad port, a backslash or white space)"
         )
         if why is not None or not self._allowed(host, parts.port):
-            EGRESS_REFUSED.inc()
-            log.warning(
-                "egress refused: host %s%s", host, f": {why}" if why else " is not on the allowlist"
-            )
-            raise EgressRefusedError(host, why)
+            return host, why
         if origin is not None and len(self._origins) < _MAX_ORIGINS:
             self._origins.add(origin)
+        return None
 
     def _get(self, url: SignedURL, signed: SignedURL, name: str | None) -> bytes:
         return self._send(url, name or signed.key).body

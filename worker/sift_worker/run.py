@@ -79,7 +79,7 @@ from sift_worker.values import MissingInputError, build_values, required_keys
 log = logging.getLogger("sift.run")
 
 REPORT_THUMBNAILS = 500
-REMOTE_EXTRA_WORKERS = 6  # fetch threads beyond the decode workers for object storage
+REMOTE_EXTRA_WORKERS = 6  # decode threads beyond the cores for object reads not read ahead
 CHECKPOINT_SAMPLES = 1024  # embeddings are saved every this many input samples
 
 
@@ -152,9 +152,13 @@ def _check_local_files(run: SelectionRun, source: str) -> None:
             )
 
 
-def _fetching_workers(settings: RunSettings, input_dir: Path | RemoteInput) -> int:
-    # a fetch waits on the network: more threads than cores keep the decoders busy
-    extra = 0 if isinstance(input_dir, Path) else REMOTE_EXTRA_WORKERS
+def _fetching_workers(
+    settings: RunSettings, input_dir: Path | RemoteInput, read_ahead: bool = False
+) -> int:
+    """Decode threads: a fetch in a decode thread waits on the network, so more threads
+    than cores keep the cores busy; objects read ahead (images and object crops while
+    embedding: sift_worker.readahead) are in memory when asked for."""
+    extra = 0 if isinstance(input_dir, Path) or read_ahead else REMOTE_EXTRA_WORKERS
     return settings.decode_workers + extra
 
 
@@ -316,7 +320,7 @@ def _embed_all(
             samples,
             model,
             batch_size=emb.batch_size,
-            decode_workers=_fetching_workers(settings, input_dir),
+            decode_workers=_fetching_workers(settings, input_dir, spec.type != "videos"),
             stage=stage,
             expected=total or 0,
             every_n=frames.every_n_frames if frames else 1,

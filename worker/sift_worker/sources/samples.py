@@ -71,6 +71,13 @@ class ObjectReader(Protocol):
 
     def temp_copy(self, name: str) -> Path: ...
 
+    def will_read(self, name: str) -> None:
+        """A hint: ``read_bytes(name)`` follows soon, after the names hinted before it
+        (the reader may fetch ahead). Hints are given only while a stream is open."""
+
+    def end_reads(self) -> None:
+        """The stream ended: hinted names that were not read will not be."""
+
 
 Root: TypeAlias = Path | ObjectReader
 """Where a sample's file is: under a folder, or in object storage."""
@@ -335,12 +342,20 @@ def iter_decoded_samples(
     if window < 1:
         raise ValueError(f"window must be positive, got {window}")
     works = _plan(root, refs_or_files, size, every_n, max_frames, max_pixels)
-    copies = 0 if isinstance(root, Path) else root.max_copies
-    return _stream(works, workers=max(1, workers), window=window, copies=copies)
+    if isinstance(root, Path):
+        return _stream(works, workers=max(1, workers), window=window)
+    return _stream(
+        works, workers=max(1, workers), window=window, copies=root.max_copies, end=root.end_reads
+    )
 
 
 def _stream(
-    works: Iterator[Work], *, workers: int, window: int, copies: int = 0
+    works: Iterator[Work],
+    *,
+    workers: int,
+    window: int,
+    copies: int = 0,
+    end: Callable[[], None] | None = None,
 ) -> Iterator[tuple[SampleRef, Decoded]]:
     slots = _Slots(window, copies)
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode")
@@ -378,6 +393,8 @@ def _stream(
     finally:
         slots.cancel()
         pool.shutdown(wait=True, cancel_futures=True)
+        if end is not None:
+            end()
 
 
 def _run(work: Work, producer: Producer, out: SimpleQueue[_Msg]) -> None:
@@ -403,11 +420,14 @@ def _plan(
     from sift_worker.sources import objects, video  # they import SampleRef from here
 
     group: list[SampleRef] = []
+    # planned a window ahead of the decoders: an object store fetches them ahead
+    hint: Callable[[str], None] = (lambda _: None) if isinstance(root, Path) else root.will_read
 
     def flush() -> Work:
         refs = tuple(group)
         group.clear()
         if refs[0].box is not None:
+            hint(refs[0].file)
             return partial(objects.crop_job, root, refs, size, max_pixels)
         return partial(video.frames_job, root, refs, size, max_pixels)
 
@@ -422,6 +442,7 @@ def _plan(
         elif Path(ref.file).suffix.lower() in video.VIDEO_EXTENSIONS:
             yield partial(video.video_job, root, ref, size, every_n, max_frames, max_pixels)
         else:
+            hint(ref.file)
             yield partial(_image_job, root, ref, size, max_pixels)
     if group:
         yield flush()

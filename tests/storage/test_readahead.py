@@ -95,7 +95,7 @@ def test_a_refill_waits_for_room_then_starts_a_batch(
         for key in keys[:2]:
             assert ahead.take(key) == bodies[key]
         time.sleep(0.3)
-        assert len(ahead._entries) == 4  # 2 taken: under REFILL, nothing new started
+        assert len(ahead._entries) == 4  # room for 2, not a batch of 3: nothing started
         assert ahead.take(keys[2]) == bodies[keys[2]]
         _until(lambda: len(ahead._entries) == 6)  # the third take started a batch of 3
         assert list(ahead._entries) == keys[3:9]
@@ -206,3 +206,29 @@ def test_a_decode_stream_reads_ahead_and_ends_it(
     taken, direct = closed[0]
     assert taken + direct == len(files)
     assert taken > 0
+
+
+def test_the_byte_bound_refills_after_a_few_takes(
+    moto_server: Server, bucket: tuple[str, dict[str, bytes]]
+) -> None:
+    name, bodies = bucket
+    signer = _signer(moto_server, name)
+    keys = list(bodies)[10:]  # 10-24 kB each
+    with (
+        Fetcher(signer.allowed_hosts()) as fetcher,
+        ReadAhead(
+            fetcher, lambda k: signer.sign_inputs([k])[0], transfers=1, ahead=100, max_held=40_000
+        ) as ahead,
+    ):
+        for key in keys:
+            ahead.want(key)
+        _until(lambda: ahead._full)
+        time.sleep(0.2)
+        started = list(ahead._entries)
+        assert 2 <= len(started) < len(keys)  # stopped at the bytes, far below the count
+        assert ahead._held >= 40_000
+        for key in started[:2]:
+            assert ahead.take(key) == bodies[key]
+        # two takes free more than a quarter of the bytes: the next GETs start
+        _until(lambda: len(ahead._entries) > len(started) - 2)
+        assert list(ahead._entries)[: len(started) - 2] == started[2:]

@@ -8,8 +8,8 @@ interface. Here one thread runs up to ``transfers`` GETs at once through a
 ``CurlMulti``, in the order the decoders will ask for the objects
 (:meth:`ReadAhead.want`), at most ``ahead`` objects and ``max_held`` bytes ahead of
 them; a decoder usually finds its object in memory and does not wait at all. At a
-bound the thread sleeps until ``REFILL`` objects were taken, then starts a batch: one
-wake-up for many objects, not one per object.
+bound the thread sleeps until there is room for ``REFILL`` objects, then starts a
+batch: one wake-up for many objects, not one per object.
 
 Only the first attempt is made here, and only a complete 2xx answer is kept. Anything
 else (a refused host, a signing error, a timeout, a 404, a 5xx, a body over the cap)
@@ -40,7 +40,7 @@ log = logging.getLogger("sift.readahead")
 
 TRANSFERS = 16  # GETs in flight at once
 AHEAD = 128  # objects started and not yet taken, at most
-REFILL = 32  # once at a bound, GETs start again only when this many objects were taken
+REFILL = 32  # once at a bound, GETs start again when there is room for this many
 MAX_HELD = 64 << 20  # bytes fetched and not yet taken; no new GET starts above it
 _IDLE_WAIT_MS = 1000  # the longest sleep with nothing to do (a want or a take wakes it)
 _NO_SOCKET_WAIT_MS = 10  # libcurl is busy without a socket to wait on (connecting)
@@ -84,8 +84,8 @@ class ReadAhead:
         self._entries: dict[str, _Entry] = {}  # started, not yet taken
         self._held = 0  # bytes of finished entries not yet taken
         self._closed = False
-        self._full = False  # at a bound: wait for REFILL takes (GETs then start in a batch)
-        self._room = 0  # objects taken since the bound was reached
+        self._full = False  # at a bound: wait for room for a batch (then start it at once)
+        self._batch = max(1, min(REFILL, self.ahead // 2))
         self.taken = self.waited = self.direct = 0  # counts, logged at close
         self._thread: threading.Thread | None = None
         self._wake_r, self._wake_w = os.pipe()
@@ -123,8 +123,7 @@ class ReadAhead:
             if self._entries.get(name) is entry:
                 del self._entries[name]
             self._held -= entry.size
-            self._room += 1
-            refill = self._full and self._room == REFILL
+            refill = self._full and self._has_room()
             if entry.body is None:
                 self.direct += 1
             else:
@@ -216,18 +215,26 @@ class ReadAhead:
             if self._closed:
                 return None
             starts: list[tuple[str, _Entry]] = []
-            if self._full and self._room < REFILL and self._entries:
+            if self._full and not self._has_room():
                 return starts
             self._full = False
             while self._wanted and active + len(starts) < self.transfers:
                 if len(self._entries) >= self.ahead or self._held >= self.max_held:
-                    self._full, self._room = True, 0
+                    self._full = True
                     break
                 name = self._wanted.popleft()
                 self._waiting.discard(name)
                 entry = self._entries[name] = _Entry()
                 starts.append((name, entry))
             return starts
+
+    def _has_room(self) -> bool:
+        """Room for a batch: ``_batch`` objects under the count, a quarter under the bytes
+        (large objects: a few takes make room, the buffer need not drain first)."""
+        return (
+            len(self._entries) <= self.ahead - self._batch
+            and self._held <= self.max_held - self.max_held // 4
+        )
 
     def _start(
         self,

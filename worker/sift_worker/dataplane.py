@@ -155,6 +155,7 @@ class RemoteInput:
             ahead.close()
 
     def _sign_one(self, name: str) -> SignedURL:
+        """A GET URL for one input object (the read-ahead's, the reads' and downloads')."""
         return self.signer.sign_inputs([name])[0]
 
     def read_bytes(self, name: str) -> bytes:
@@ -164,14 +165,14 @@ class RemoteInput:
             body = ahead.take(name)
             if body is not None:
                 return body
-        signed = self.signer.sign_inputs([name])[0]
+        signed = self._sign_one(name)
         try:
             return self.fetcher.get_bytes(signed, self.uri(name))
         except ObjectGoneError:
             raise CorruptImage("object vanished during the run (HTTP 404)") from None
 
     def read_text(self, name: str) -> str:
-        signed = self.signer.sign_inputs([name])[0]
+        signed = self._sign_one(name)
         return self.fetcher.get_bytes(signed, self.uri(name)).decode("utf-8-sig")
 
     def download(
@@ -196,7 +197,7 @@ class RemoteInput:
         with dest.open("wb") as fh:
             while True:
                 if url is None or url.expires_within(RESIGN_MARGIN):  # one URL for all chunks
-                    url = self.signer.sign_inputs([name])[0]
+                    url = self._sign_one(name)
                 want = min(DOWNLOAD_CHUNK, cap + 1 - written)
                 ranged = dataclasses.replace(
                     url, headers={**url.headers, "Range": f"bytes={written}-{written + want - 1}"}

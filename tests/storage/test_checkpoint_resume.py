@@ -162,6 +162,45 @@ def test_a_checkpoint_of_another_configuration_or_a_damaged_chunk_is_ignored(
     assert "digest does not match" in caplog.text
 
 
+def test_a_chunk_made_for_other_samples_than_listed_now_is_not_resumed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each chunk keeps the digest of its samples: a listing changed after chunk 0 (an
+    object replaced, removed or added there) resumes after chunk 0 only."""
+    from sift_worker.checkpoint import Checkpoint, Chunk, VolumeCheckpointStore
+    from sift_worker.keystream import keys_digest
+    from sift_worker.sources.samples import SampleRef
+
+    store = VolumeCheckpointStore(tmp_path)
+    listed = {"a.jpg": 1, "b.jpg": 2, "c.jpg": 3, "d.jpg": 4, "e.jpg": 5}
+
+    def digest_of(listing: dict[str, int]) -> Callable[[int, int], str]:
+        keys = list(listing)
+        return lambda start, stop: keys_digest(
+            keys[start:stop], [listing[k] for k in keys[start:stop]]
+        )
+
+    first = Checkpoint(store, {"m": 1}, 2, digest_of(listed))
+    for i, names in enumerate((["a.jpg", "b.jpg"], ["c.jpg", "d.jpg"], ["e.jpg"])):
+        first.save(
+            i, Chunk(np.zeros((len(names), 3), np.float32), [SampleRef.image(n) for n in names])
+        )
+    assert len(Checkpoint(store, {"m": 1}, 2, digest_of(listed)).load(3)) == 3
+
+    replaced = {**listed, "c.jpg": 30}  # same key, another object
+    assert len(Checkpoint(store, {"m": 1}, 2, digest_of(replaced)).load(3)) == 1
+    assert "chunk-000001.npz" in caplog.text
+    assert "made for other samples than the input lists now" in caplog.text
+    grown = {**listed, "f.jpg": 6}  # the partial last chunk would now hold e and f
+    assert len(Checkpoint(store, {"m": 1}, 2, digest_of(grown)).load(3)) == 2
+
+    manifest = tmp_path / "checkpoint" / "manifest.json"
+    older = {**json.loads(manifest.read_text()), "version": 1}  # an older worker's
+    manifest.write_text(json.dumps(older))
+    assert Checkpoint(store, {"m": 1}, 2, digest_of(listed)).load(3) == []
+    assert "ignored: it was made with a different format" in caplog.text
+
+
 def test_a_complete_checkpoint_is_reused_without_saving_again(images: Path, tmp_path: Path) -> None:
     """A rerun whose checkpoint already covers every sample (last chunk partial)."""
     from sift_worker.checkpoint import Checkpoint, VolumeCheckpointStore

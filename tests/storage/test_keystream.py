@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 
 import pytest
-from sift_worker.keystream import KeyStream
+from sift_worker.keystream import KeyStream, keys_digest
 from sift_worker.storage import EmptyInputError, ObjectInfo
 
 
-def _pages(gate: threading.Event, fail: Exception | None = None) -> Iterator[ObjectInfo]:
-    yield ObjectInfo("a.jpg", 1)
-    yield ObjectInfo("b.jpg", 2)
+def _pages(gate: threading.Event, fail: Exception | None = None) -> Iterator[list[ObjectInfo]]:
+    yield [ObjectInfo("a.jpg", 1), ObjectInfo("b.jpg", 2)]
     assert gate.wait(10), "the test never opened the gate"  # page two is slow to come
-    yield ObjectInfo("c.jpg", 3)
+    yield [ObjectInfo("c.jpg", 3)]
     if fail is not None:
         raise fail
 
@@ -48,3 +48,53 @@ def test_a_listing_error_reaches_whoever_reads_past_the_listed_keys() -> None:
         len(stream)
     with pytest.raises(EmptyInputError):
         list(stream)
+
+
+def test_the_next_page_is_asked_for_only_when_the_reader_gets_close() -> None:
+    asked: list[int] = []
+
+    def pages() -> Iterator[list[ObjectInfo]]:
+        for p in range(4):
+            asked.append(p)
+            yield [ObjectInfo(f"{p}-{i}.jpg", i) for i in range(10)]
+
+    stream = KeyStream(pages, ahead=4)
+    assert stream[0] == "0-0.jpg"
+    time.sleep(0.2)  # time for the listing to run on, were it not bounded
+    assert asked == [0]
+    assert stream[5] == "0-5.jpg"  # 10 listed, reach 6 + 4 ahead: still enough
+    time.sleep(0.1)
+    assert asked == [0]
+    assert stream[6] == "0-6.jpg"  # within 4 of the end: page two
+    _until(lambda: asked == [0, 1])
+    assert stream[25] == "2-5.jpg"  # past the listed keys: waits for page three
+    _until(lambda: asked == [0, 1, 2])
+    assert stream.digest(8, 12) == keys_digest(
+        ["0-8.jpg", "0-9.jpg", "1-0.jpg", "1-1.jpg"], [8, 9, 0, 1]
+    )
+    assert len(stream) == 40  # the whole listing lifts the bound
+    assert asked == [0, 1, 2, 3]
+    assert stream.digest(38, 45) == keys_digest(["3-8.jpg", "3-9.jpg"], [8, 9])  # its end
+
+
+def test_a_closed_stream_stops_listing() -> None:
+    asked: list[int] = []
+
+    def pages() -> Iterator[list[ObjectInfo]]:
+        for p in range(100):
+            asked.append(p)
+            yield [ObjectInfo(f"{p}.jpg", 1)]
+
+    stream = KeyStream(pages, ahead=1)
+    assert stream[1] == "1.jpg"
+    stream.close()
+    keys, _ = stream.result()
+    assert keys[:2] == ["0.jpg", "1.jpg"]
+    assert len(asked) < 5  # it stopped where it was
+
+
+def _until(check: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + 5
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)

@@ -123,7 +123,8 @@ def test_an_input_object_that_keeps_failing_fails_the_run_naming_it(
     err = capfd.readouterr().err
     assert f"cams/{victim}: GET failed after 6 attempts" in err
     assert "HTTP 500" in err
-    assert proxy.failed == 6
+    # the Fetcher's 6, and the read-ahead's one attempt if it asked before the decoder
+    assert proxy.failed in (6, 7)
     assert not (out / "run.json").exists()
     assert not (out / "selection.csv").exists()
     for leak in (CANARY_SECRET, "X-Amz-Signature", "X-Amz-Credential"):

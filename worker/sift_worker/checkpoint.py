@@ -12,8 +12,14 @@ chunk it lists, checks each chunk's digest, and embeds only the samples after th
 good chunk. Chunk boundaries are fixed by the sample index and the batch is flushed at
 each one, so an interrupted and an uninterrupted run push the same batches through the
 model: the embeddings are identical. A manifest whose fingerprint (model, weights
-digest, input settings, threads, chunk size, the input listing) differs is ignored
-with a logged reason, as is a chunk that is missing or whose digest does not match.
+digest, input settings, threads, chunk size) differs is ignored with a logged reason,
+as is a chunk that is missing, whose digest does not match, or that was made for other
+samples than the input now lists at its place.
+
+That last check is per chunk, so that saving a chunk needs only the listing up to its
+end: a streamed listing is not forced to finish at the first chunk (it is paced by
+the decoders, :mod:`sift_worker.keystream`), and samples added after the chunks saved
+leave those chunks good.
 """
 
 from __future__ import annotations
@@ -46,7 +52,7 @@ log = logging.getLogger("sift.checkpoint")
 
 CHECKPOINT_DIR = "checkpoint"
 MANIFEST = "manifest.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: each chunk names the digest of its samples
 
 
 class CheckpointStore(Protocol):
@@ -160,15 +166,19 @@ class Checkpoint:
         store: CheckpointStore,
         fingerprint: Mapping[str, Any] | Callable[[], Mapping[str, Any]],
         chunk_samples: int,
+        samples_digest: Callable[[int, int], str] | None = None,
     ) -> None:
         """``fingerprint``: or a function that makes it when first needed (a manifest
-        to compare, a chunk to save), e.g. once a streamed listing has finished."""
+        to compare, a chunk to save). ``samples_digest(start, stop)``: a digest of the
+        input samples ``[start, stop)`` as listed now (fewer at the end), kept with
+        each chunk and compared when it is loaded."""
         if chunk_samples < 1:
             raise ValueError("chunk_samples must be positive")
         self.store = store
         self._fingerprint = fingerprint
         self._made: tuple[dict[str, Any], str] | None = None
         self.chunk_samples = chunk_samples
+        self._samples_digest = samples_digest
         self._entries: list[dict[str, Any]] = []
 
     @property
@@ -209,7 +219,7 @@ class Checkpoint:
             old = manifest.get("parts") if isinstance(manifest, dict) else None
             changed = (
                 sorted(k for k in self.fingerprint if old.get(k) != self.fingerprint[k])
-                if isinstance(old, dict)
+                if isinstance(old, dict) and manifest.get("version") == FORMAT_VERSION
                 else ["format"]
             )
             log.warning(
@@ -222,6 +232,8 @@ class Checkpoint:
         for n, entry in enumerate(entries):
             name = _chunk_name(n)
             try:
+                if entry.get("samples") != self._samples_of(n):
+                    raise ValueError("it was made for other samples than the input lists now")
                 data = self.store.read(name) if entry.get("file") == name else None
                 if data is None or hashlib.sha256(data).hexdigest() != entry.get("sha256"):
                     raise ValueError("missing or its digest does not match the manifest")
@@ -255,6 +267,7 @@ class Checkpoint:
             {
                 "file": name,
                 "sha256": hashlib.sha256(data).hexdigest(),
+                "samples": self._samples_of(index),
                 "rows": len(chunk.refs),
                 "corrupt": len(chunk.corrupt),
             }
@@ -267,6 +280,12 @@ class Checkpoint:
             "chunks": self._entries,
         }
         self.store.write(MANIFEST, json.dumps(manifest, indent=1).encode())
+
+    def _samples_of(self, index: int) -> str | None:
+        if self._samples_digest is None:
+            return None
+        start = index * self.chunk_samples
+        return self._samples_digest(start, start + self.chunk_samples)
 
 
 def _why(exc: BaseException) -> str:

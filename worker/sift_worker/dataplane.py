@@ -133,7 +133,7 @@ class RemoteInput:
     ) -> KeyStream:
         """The accepted keys as they are listed (:class:`KeyStream`)."""
         keep = ListFilter(extensions=extensions, relevant=relevant)
-        return KeyStream(lambda: self.storage.require_objects(keep))
+        return KeyStream(lambda: self.storage.require_pages(keep))
 
     def listed(self, stream: KeyStream) -> builtins.list[str]:
         """Every key of a finished ``stream``; sets :attr:`listing_digest` (SHA-256 of the

@@ -227,7 +227,15 @@ def _embed(
 
     model, weights, model_desc = _model(run, settings)
     total = None if spec.type == "videos" else len(plan.samples)
-    checkpoint = _checkpoint(run, store, lambda: plan.samples, weights, settings, input_dir)
+    samples = plan.samples
+    checkpoint = _checkpoint(
+        run,
+        store,
+        lambda start, stop: listing_digest([_sample_id(s) for s in samples[start:stop]]),
+        input_dir.listing_digest if isinstance(input_dir, RemoteInput) else None,
+        weights,
+        settings,
+    )
     embedded = _embed_all(
         run, input_dir, plan.samples, total, model, settings, progress, timer, checkpoint
     )
@@ -259,13 +267,16 @@ def _embed_streamed(
     later pages are listed (a bucket lists 1,000 keys a page, one after another)."""
     with timer("list"):  # only starts it
         stream = input_dir.stream(input_extensions(run.spec.input))
-    model, weights, model_desc = _model(run, settings)
-    checkpoint = _checkpoint(
-        run, store, lambda: input_dir.listed(stream), weights, settings, input_dir
-    )
-    embedded = _embed_all(
-        run, input_dir, stream, None, model, settings, progress, timer, checkpoint
-    )
+    try:
+        model, weights, model_desc = _model(run, settings)
+        # each chunk checks its own keys and sizes: saving one lists no further than it
+        checkpoint = _checkpoint(run, store, stream.digest, None, weights, settings)
+        embedded = _embed_all(
+            run, input_dir, stream, None, model, settings, progress, timer, checkpoint
+        )
+    except BaseException:
+        stream.close()
+        raise
     plan = _remote_plan(run, input_dir, input_dir.listed(stream))
     _log_listed(run, input_dir, plan)
     return plan, embedded, model_desc
@@ -343,12 +354,16 @@ def _reads_metadata(run: SelectionRun) -> bool:
 def _checkpoint(
     run: SelectionRun,
     store: CheckpointStore | None,
-    samples: Callable[[], Sequence[str | SampleRef]],
+    samples_digest: Callable[[int, int], str],
+    objects: str | None,
     weights: Path | None,
     settings: RunSettings,
-    input_dir: Path | RemoteInput,
 ) -> Checkpoint | None:
-    """The run's embedding checkpoint (``SIFT_CHECKPOINT_SAMPLES``: chunk size, 0: off)."""
+    """The run's embedding checkpoint (``SIFT_CHECKPOINT_SAMPLES``: chunk size, 0: off).
+
+    ``samples_digest``: of the input samples in a range, kept with each chunk;
+    ``objects``: the digest of a whole bucket listing when it is known before the first
+    chunk (keys and sizes: an object replaced since is noticed)."""
     raw = os.environ.get("SIFT_CHECKPOINT_SAMPLES", str(CHECKPOINT_SAMPLES))
     try:
         every = int(raw)
@@ -359,18 +374,20 @@ def _checkpoint(
     if store is None or every <= 0:
         return None
 
-    def parts() -> dict[str, Any]:  # when first needed: a streamed listing has ended then
-        ids = [s if isinstance(s, str) else s.id for s in samples()]
+    def parts() -> dict[str, Any]:  # when first needed: a weights file is read then
         return {
             "input": run.spec.input.model_dump(mode="json", by_alias=True, exclude_none=True),
             "weights": _file_sha256(weights) if weights else None,
             "threads": settings.threads,
             "chunkSamples": every,
-            "samples": listing_digest(ids),
-            "objects": input_dir.listing_digest if isinstance(input_dir, RemoteInput) else None,
+            "objects": objects,
         }
 
-    return Checkpoint(store, parts, every)
+    return Checkpoint(store, parts, every, samples_digest)
+
+
+def _sample_id(sample: str | SampleRef) -> str:
+    return sample if isinstance(sample, str) else sample.id
 
 
 def _file_sha256(path: Path) -> str:

@@ -260,16 +260,24 @@ class Storage(ABC):
         self, keep: ListFilter | None = None, page_size: int = 1000
     ) -> Iterator[ObjectInfo]:
         """Like :meth:`iter_objects`, but an empty result raises :class:`EmptyInputError`."""
+        for page in self.require_pages(keep, page_size):
+            yield from page
+
+    def require_pages(
+        self, keep: ListFilter | None = None, page_size: int = 1000
+    ) -> Iterator[list[ObjectInfo]]:
+        """:meth:`require_objects` a page at a time: the next page is asked for only when
+        the caller wants it (a :class:`~sift_worker.keystream.KeyStream` paces them)."""
         listed = 0
         kept = 0
         token: str | None = None
         while True:
             page, token = self.list_page(token, page_size)
             listed += len(page)
-            for info in page:
-                if keep is None or keep(info.key):
-                    kept += 1
-                    yield info
+            accepted = [info for info in page if keep is None or keep(info.key)]
+            kept += len(accepted)
+            if accepted:
+                yield accepted
             if token is None:
                 break
         if listed == 0:

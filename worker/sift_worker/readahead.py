@@ -42,6 +42,8 @@ TRANSFERS = 16  # GETs in flight at once
 AHEAD = 128  # objects started and not yet taken, at most
 REFILL = 32  # once at a bound, GETs start again when there is room for this many
 MAX_HELD = 64 << 20  # bytes fetched and not yet taken; no new GET starts above it
+LOW_WATER = 16  # with this many bodies ready for the decoders, the thread naps
+NAP_S = 0.02  # ... this long, while the sockets fill, then reads them all at once
 _IDLE_WAIT_MS = 1000  # the longest sleep with nothing to do (a want or a take wakes it)
 _NO_SOCKET_WAIT_MS = 10  # libcurl is busy without a socket to wait on (connecting)
 
@@ -83,6 +85,8 @@ class ReadAhead:
         self._waiting: set[str] = set()  # the names in _wanted
         self._entries: dict[str, _Entry] = {}  # started, not yet taken
         self._held = 0  # bytes of finished entries not yet taken
+        self._ready = 0  # finished entries with a body, not yet taken
+        self._stop = threading.Event()  # close(): ends a nap at once
         self._closed = False
         self._full = False  # at a bound: wait for room for a batch (then start it at once)
         self._batch = max(1, min(REFILL, self.ahead // 2))
@@ -123,6 +127,7 @@ class ReadAhead:
             if self._entries.get(name) is entry:
                 del self._entries[name]
             self._held -= entry.size
+            self._ready -= entry.body is not None
             refill = self._full and self._has_room()
             if entry.body is None:
                 self.direct += 1
@@ -137,6 +142,7 @@ class ReadAhead:
         with self._lock:
             self._closed = True
             thread = self._thread
+        self._stop.set()
         self._wake()
         if thread is not None:
             thread.join()
@@ -276,6 +282,7 @@ class ReadAhead:
             with self._lock:
                 entry.body, entry.size = body, len(body)
                 self._held += entry.size
+                self._ready += 1
         elif ok:
             idle.append(handle)  # an HTTP refusal: the connection is fine
         else:
@@ -283,7 +290,14 @@ class ReadAhead:
         entry.done.set()
 
     def _sleep(self, multi: pycurl.CurlMulti, busy: bool) -> None:
-        """Until a socket of a transfer is ready, libcurl's timer fires, or a want/take."""
+        """Until a socket of a transfer is ready, libcurl's timer fires, or a want/take.
+
+        With :data:`LOW_WATER` bodies ready the decoders have plenty, and the thread
+        naps instead: waking for every socket that becomes readable cost a wake-up, and
+        a preempted decoder, each time, about two an object."""
+        if busy and self._ready >= LOW_WATER:
+            self._stop.wait(NAP_S)
+            return
         reads, writes, errors = multi.fdset()
         poller = select.poll()
         poller.register(self._wake_r, select.POLLIN)

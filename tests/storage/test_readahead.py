@@ -232,3 +232,27 @@ def test_the_byte_bound_refills_after_a_few_takes(
         # two takes free more than a quarter of the bytes: the next GETs start
         _until(lambda: len(ahead._entries) > len(started) - 2)
         assert list(ahead._entries)[: len(started) - 2] == started[2:]
+
+
+def test_the_driver_naps_only_while_the_next_objects_to_be_taken_are_ready() -> None:
+    """The nap (no wake-up per readable socket) must not hold back the object a decoder
+    asks for next: it needs the next LOW_WATER objects, in take order, finished."""
+    from sift_worker.readahead import LOW_WATER, _Entry
+
+    def never(name: str) -> SignedURL:
+        raise AssertionError(f"nothing is fetched here, not even {name}")
+
+    with Fetcher(["127.0.0.1"]) as fetcher, ReadAhead(fetcher, never) as ahead:
+        entries = [_Entry() for _ in range(LOW_WATER + 1)]
+        for i, entry in enumerate(entries):
+            ahead._entries[f"o{i:02d}"] = entry  # started in this order: taken in it
+        assert not ahead._head_ready()  # nothing finished
+        for entry in entries[1:]:
+            entry.done.set()
+        assert not ahead._head_ready()  # all but the one a decoder takes next
+        entries[0].done.set()
+        assert ahead._head_ready()
+        del ahead._entries["o00"]  # taken: LOW_WATER left, all finished
+        assert ahead._head_ready()
+        del ahead._entries["o01"]  # fewer than LOW_WATER ahead: keep the sockets watched
+        assert not ahead._head_ready()

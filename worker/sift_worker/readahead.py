@@ -10,10 +10,11 @@ interface. Here one thread runs up to ``transfers`` GETs at once through a
 them; a decoder usually finds its object in memory and does not wait at all. At a
 bound the thread sleeps until there is room for ``REFILL`` objects, then starts a
 batch: one wake-up for many objects, not one per object. For the same reason, while
-``LOW_WATER`` bodies wait for the decoders it naps ``NAP_S`` instead of waking for each
-socket that turns readable: the kernel holds the bodies meanwhile, and one wake-up
-reads several (10,000 wake-ups for 5,000 objects became 1,000-1,500, the thread's CPU
-2.4-3.3 s became 1.2-1.9 s, and the decoders on the same core lost less time).
+the next ``LOW_WATER`` objects the decoders will take are ready it naps ``NAP_S``
+instead of waking for each socket that turns readable: the kernel holds the bodies
+meanwhile, and one wake-up reads several (10,000 wake-ups for 5,000 objects became
+1,000-1,500, the thread's CPU 2.4-3.3 s became 1.2-1.9 s, and the decoders on the same
+core lost less time).
 
 Only the first attempt is made here, and only a complete 2xx answer is kept. Anything
 else (a refused host, a signing error, a timeout, a 404, a 5xx, a body over the cap)

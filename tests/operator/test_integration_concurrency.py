@@ -39,6 +39,23 @@ def _running(c: Cluster) -> set[str]:
     }
 
 
+def _restart(c: Cluster) -> None:
+    """Kill and start the operator; return once it watches runs, Jobs and pods again.
+
+    kopf lists each resource, then watches it. This emulator's watch starts from its
+    own snapshot, not from the list's resourceVersion, so a run deleted between the two
+    would stay in the operator's index (holding its slot) with no DELETED event: on a
+    loaded CI machine that window reached past the 1.5 s this test used to wait."""
+    served = {p: c.emulator.counts[("GET", p)] for p in ("selectionruns", "jobs", "pods")}
+    c.operator.kill()
+    c.operator.start()
+    c.operator.wait_for_log("sift operator started", 30)
+    c.kube.wait_for(
+        lambda: all(c.emulator.counts[("GET", p)] >= n + 2 for p, n in served.items()),
+        "the restarted operator's list and watch of runs, Jobs and pods",
+    )
+
+
 def test_runs_beyond_the_limit_wait_and_start_in_creation_order(limited: Cluster) -> None:
     c = limited
     for name in ("zulu", "yankee"):
@@ -79,9 +96,7 @@ def test_runs_beyond_the_limit_wait_and_start_in_creation_order(limited: Cluster
     assert condition(c.run(NS, "delta"), "Queued")["reason"] == "WaitingForSlot"
 
     # a restarted operator decides the same from the API's objects: nobody else starts
-    c.operator.kill()
-    c.operator.start()
-    c.operator.wait_for_log("sift operator started", 30)
+    _restart(c)
     time.sleep(1.5)
     assert _running(c) == {"xray", "alpha"}
     assert _suspended(c, "delta") is True

@@ -90,8 +90,7 @@ class ReadAhead:
         self._waiting: set[str] = set()  # the names in _wanted
         self._entries: dict[str, _Entry] = {}  # started, not yet taken
         self._held = 0  # bytes of finished entries not yet taken
-        self._stop = threading.Event()  # close(): ends a nap at once
-        self._closed = False
+        self._closed = threading.Event()  # close(), or the driver stopped; ends a nap at once
         self._full = False  # at a bound: wait for room for a batch (then start it at once)
         self._batch = max(1, min(REFILL, self.ahead // 2))
         self.taken = self.waited = self.direct = 0  # counts, logged at close
@@ -105,7 +104,7 @@ class ReadAhead:
     def want(self, name: str) -> None:
         """``name`` will be taken soon, after the names wanted before it."""
         with self._lock:
-            if self._closed or name in self._waiting or name in self._entries:
+            if self._closed.is_set() or name in self._waiting or name in self._entries:
                 return
             self._wanted.append(name)
             self._waiting.add(name)
@@ -143,9 +142,8 @@ class ReadAhead:
     def close(self) -> None:
         """Stop the thread and drop what was not taken; waiting takes answer None."""
         with self._lock:
-            self._closed = True
+            self._closed.set()
             thread = self._thread
-        self._stop.set()
         self._wake()
         if thread is not None:
             thread.join()
@@ -214,14 +212,14 @@ class ReadAhead:
                 handle.close()
             multi.close()
             with self._lock:
-                self._closed = True
+                self._closed.set()
                 for entry in self._entries.values():
                     entry.done.set()
 
     def _next_starts(self, active: int) -> list[tuple[str, _Entry]] | None:
         """The GETs to start now (None: closed), within the bounds."""
         with self._lock:
-            if self._closed:
+            if self._closed.is_set():
                 return None
             starts: list[tuple[str, _Entry]] = []
             if self._full and not self._has_room():
@@ -311,7 +309,7 @@ class ReadAhead:
         the thread naps instead: waking for every socket that becomes readable cost a
         wake-up, and a preempted decoder, each time, about two an object."""
         if busy and self._head_ready():
-            self._stop.wait(NAP_S)
+            self._closed.wait(NAP_S)
             return
         reads, writes, errors = multi.fdset()
         poller = select.poll()

@@ -237,7 +237,7 @@ def _embed(
         settings,
     )
     embedded = _embed_all(
-        run, input_dir, plan.samples, total, model, settings, progress, timer, checkpoint
+        run, input_dir, samples, total, model, settings, progress, timer, checkpoint
     )
     return plan, embedded, model_desc
 
